@@ -1,0 +1,1 @@
+"""Cluster machinery (fan-out, distributed init, job submission, checkpoints); knows no physics."""
