@@ -1,0 +1,415 @@
+"""Evaluation metrics: ensemble autocorrelation, divergence test, RMSE per step, climate distances.
+
+Every function is pure: arrays in (numpy, or torch tensors on any device), numpy arrays or floats
+out, always computed in float64 so that a metric never depends on the storage precision of the
+shards (complex64 by default) or of a model's output. The definitions follow SPEC section 3; where
+the SPEC leaves a choice open, the docstring says which choice is made and why.
+
+The order parameters phi_n (``charge_order``) and phi_Q (``lattice_order``) live in
+``holstein_dist.physics``; they are re-exported here so that evaluation code can take every metric
+ingredient from one module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from holstein_dist.physics import charge_order, lattice_order
+
+__all__ = [
+    "autocorrelation",
+    "autocorrelation_direct",
+    "charge_order",
+    "divergent_fraction",
+    "divergent_mask",
+    "energy_drift",
+    "lattice_order",
+    "power_spectrum",
+    "power_spectrum_distance",
+    "rmse_by_step",
+    "wasserstein1",
+]
+
+RMSE_COMPONENTS = ("rho_diag", "rho_offdiag", "Q", "P")
+
+# Largest number of complex entries handled at once by rmse_by_step: bounds its scratch memory
+# (~256 MiB of complex128) whatever the size of the rollout ensemble.
+_RMSE_CHUNK_ENTRIES = 1 << 24
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Return ``x`` as a numpy array; torch tensors are detached and copied to the host first.
+
+    Duck-typed on ``detach`` so that this module never imports torch: evaluation tools that only
+    read shards should not pay for it.
+    """
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if hasattr(x, "resolve_conj"):
+            x = x.resolve_conj()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _as_real_float64(x: Any, name: str) -> np.ndarray:
+    """Real float64 copy-or-view of ``x``; a complex input is an error, not a silent real part."""
+    arr = to_numpy(x)
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
+    return arr.astype(np.float64, copy=False)
+
+
+def _as_ensemble(x: Any, name: str) -> np.ndarray:
+    """Return a scalar series ensemble as float64 ``[N, T]``; a 1-D series is one trajectory."""
+    arr = _as_real_float64(x, name)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape [N trajectories, T times] or [T], got {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    return arr
+
+
+def _require_finite(arr: np.ndarray, name: str) -> None:
+    """Refuse NaN/inf early: they would otherwise poison a pooled mean without any message."""
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf; drop divergent rollouts before computing this metric")
+
+
+# ----------------------------------------------------------------------------------------------
+# Autocorrelation
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_lag(max_lag: int, n_times: int) -> int:
+    """Validate ``0 <= max_lag < T``: longer lags have no pair (t, t + tau) inside the series."""
+    if isinstance(max_lag, bool) or int(max_lag) != max_lag:
+        raise ValueError(f"max_lag must be an integer, got {max_lag!r}")
+    max_lag = int(max_lag)
+    if max_lag < 0:
+        raise ValueError(f"max_lag must be >= 0, got {max_lag}")
+    if max_lag >= n_times:
+        raise ValueError(
+            f"max_lag={max_lag} needs series longer than {max_lag} steps, but T={n_times}; "
+            f"use max_lag <= {n_times - 1}"
+        )
+    return max_lag
+
+
+def _prepare_autocorrelation_input(x: Any, max_lag: int) -> tuple[np.ndarray, int]:
+    """Shared validation of both autocorrelation implementations, so they fail identically."""
+    arr = _as_ensemble(x, "x")
+    _require_finite(arr, "x")
+    max_lag = _check_lag(max_lag, arr.shape[1])
+    if np.ptp(arr) == 0.0:
+        raise ValueError("x is constant (zero variance): its autocorrelation is undefined")
+    return arr, max_lag
+
+
+def next_fast_len(n: int) -> int:
+    """Smallest 5-smooth integer (2^a 3^b 5^c) >= n: pocketfft is fastest on such lengths."""
+    if n <= 1:
+        return 1
+    best = 1 << (n - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            # smallest power of two that lifts p35 to >= n
+            quotient = -(-n // p35)
+            candidate = p35 * (1 << (quotient - 1).bit_length())
+            best = min(best, candidate)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def lagged_product_sums(y: np.ndarray, max_lag: int) -> np.ndarray:
+    """``S[tau] = sum_n sum_{t < T - tau} y[n, t] y[n, t + tau]`` for tau = 0..max_lag, by FFT.
+
+    Zero padding to at least ``T + max_lag`` makes the circular correlation equal the linear one for
+    every lag returned. The power spectra are summed over trajectories before the single inverse
+    transform, so the cost is N forward FFTs plus one inverse.
+    """
+    n_fft = next_fast_len(y.shape[1] + max_lag)
+    spectrum = np.fft.rfft(y, n=n_fft, axis=1)
+    power = np.sum(spectrum.real**2 + spectrum.imag**2, axis=0)
+    return np.fft.irfft(power, n=n_fft)[: max_lag + 1]
+
+
+def autocorrelation(x: Any, max_lag: int) -> np.ndarray:
+    """Ensemble autocorrelation ``C[0..max_lag]`` of a scalar series, SPEC section 3, by FFT.
+
+    ``x`` is ``[N trajectories, T times]`` (a 1-D series counts as N = 1; numpy or torch).
+    ``C(tau) = (<x(t) x(t+tau)> - <x>^2) / (<x^2> - <x>^2)`` where ``<x(t) x(t+tau)>`` pools all
+    trajectories and all t with t + tau < T, and ``<x>``, ``<x^2>`` pool all trajectories and all
+    times. Note that this is not the per-window-centred correlation: the pooled mean is subtracted
+    even where the lag window's own mean differs, exactly as the reference computes it.
+
+    Numerically the series is first shifted by its pooled mean m (y = x - m); expanding
+    ``x = y + m`` gives the same quantity without the cancellation of ``<x x'> - <x>^2``:
+    ``numerator = (S_yy(tau) + m (A(tau) + B(tau))) / count(tau)`` with A, B the sums of y over the
+    two lag windows, and the denominator is ``<y^2>``. Cost O(N T log T) in float64.
+
+    Raises ValueError for ``max_lag`` outside ``[0, T-1]``, a constant series, NaN/inf, or a shape
+    other than 1-D/2-D.
+    """
+    arr, max_lag = _prepare_autocorrelation_input(x, max_lag)
+    n_traj, n_times = arr.shape
+    mean = float(np.mean(arr))
+    y = arr - mean
+    variance = float(np.mean(y * y))
+    if variance <= 0.0:
+        raise ValueError("x has zero variance in float64: its autocorrelation is undefined")
+
+    lags = np.arange(max_lag + 1)
+    pair_sums = lagged_product_sums(y, max_lag)
+    cumulative = np.concatenate(([0.0], np.cumsum(np.sum(y, axis=0))))
+    head_sums = cumulative[n_times - lags]  # sum of y over t in [0, T - tau)
+    tail_sums = cumulative[n_times] - cumulative[lags]  # sum of y over t in [tau, T)
+    counts = n_traj * (n_times - lags)
+    covariance = (pair_sums + mean * (head_sums + tail_sums)) / counts
+    return covariance / variance
+
+
+def autocorrelation_direct(x: Any, max_lag: int) -> np.ndarray:
+    """The SPEC formula evaluated literally, one numpy pass per lag: O(N T max_lag).
+
+    Kept as the independent reference for tests and benchmarks of :func:`autocorrelation`; it is the
+    original code's approach. Same inputs, outputs and errors.
+    """
+    arr, max_lag = _prepare_autocorrelation_input(x, max_lag)
+    n_times = arr.shape[1]
+    mean = np.mean(arr)
+    denominator = np.mean(arr * arr) - mean**2
+    out = np.empty(max_lag + 1)
+    for tau in range(max_lag + 1):
+        out[tau] = (np.mean(arr[:, : n_times - tau] * arr[:, tau:]) - mean**2) / denominator
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergent rollouts
+# ----------------------------------------------------------------------------------------------
+
+
+def _series_ranges(series: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
+    """Range (max - min over time) of every trajectory, per order parameter; NaN where non-finite."""
+    if not series:
+        raise ValueError(f"{name} has no series; pass e.g. {{'charge': phi_n, 'lattice': phi_Q}}")
+    ranges = {}
+    for key, values in series.items():
+        arr = _as_ensemble(values, f"{name}[{key!r}]")
+        finite = np.all(np.isfinite(arr), axis=1)
+        ranges[key] = np.where(finite, np.ptp(np.where(np.isfinite(arr), arr, 0.0), axis=1), np.nan)
+    return ranges
+
+
+def divergent_mask(model: Mapping[str, Any], truth: Mapping[str, Any], factor: float = 1.1) -> np.ndarray:
+    """Boolean ``[N]``: which model rollouts diverged, by the SPEC section 3 range test.
+
+    ``model`` and ``truth`` map the same order-parameter names (e.g. ``"charge"`` for phi_n and
+    ``"lattice"`` for phi_Q) to ``[N, T]`` series (truth may have another N and T). A rollout is
+    divergent if, for ANY of the names, its range (max - min over time) exceeds ``factor`` times
+    the largest range seen in the ground-truth ensemble. A rollout with NaN/inf anywhere counts as
+    divergent: a model that blew up must never pass the test. Ground truth must be finite.
+    """
+    if factor <= 0:
+        raise ValueError(f"factor must be positive, got {factor}")
+    if set(model) != set(truth):
+        raise ValueError(
+            f"model and truth must have the same series names, got {sorted(model)} vs {sorted(truth)}"
+        )
+    model_ranges = _series_ranges(model, "model")
+    truth_ranges = _series_ranges(truth, "truth")
+    sizes = {key: r.shape[0] for key, r in model_ranges.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"model series disagree on the number of trajectories: {sizes}")
+    mask = np.zeros(next(iter(sizes.values())), dtype=bool)
+    for key, truth_range in truth_ranges.items():
+        if np.any(np.isnan(truth_range)):
+            raise ValueError(f"truth[{key!r}] contains NaN or inf")
+        threshold = factor * float(np.max(truth_range))
+        rollout_range = model_ranges[key]
+        mask |= np.isnan(rollout_range) | (rollout_range > threshold)
+    return mask
+
+
+def divergent_fraction(model: Mapping[str, Any], truth: Mapping[str, Any], factor: float = 1.1) -> float:
+    """Fraction of model rollouts flagged by :func:`divergent_mask` (the number the SPEC reports)."""
+    return float(np.mean(divergent_mask(model, truth, factor)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Short-horizon accuracy
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_state_shapes(pred: tuple[np.ndarray, ...], truth: tuple[np.ndarray, ...]) -> None:
+    """Require rho [N,T,L,L], Q and P [N,T,L] with L >= 2, identical between pred and truth."""
+    for name, a, b in zip(("rho", "Q", "P"), pred, truth, strict=True):
+        if a.shape != b.shape:
+            raise ValueError(f"pred {name} has shape {a.shape} but truth {name} has {b.shape}")
+    rho, q, p = truth
+    consistent = q.ndim == 3 and p.shape == q.shape and rho.shape == q.shape + q.shape[-1:]
+    if not consistent:
+        raise ValueError(
+            f"expected rho [N,T,L,L], Q and P [N,T,L]; got rho {rho.shape}, Q {q.shape}, P {p.shape}"
+        )
+    if q.shape[-1] < 2:
+        raise ValueError("rho needs L >= 2 sites to have off-diagonal entries")
+
+
+def _rho_squared_errors(pred_rho: np.ndarray, truth_rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step sums of |delta rho|^2 over the diagonal and over the off-diagonal entries.
+
+    Works through the steps in chunks so that the complex128 difference never needs the memory of
+    the whole rollout ensemble (256 x 1000 x 32 x 32 would be 4 GiB).
+    """
+    n_traj, n_steps, n_sites, _ = truth_rho.shape
+    chunk = max(1, _RMSE_CHUNK_ENTRIES // (n_traj * n_sites * n_sites))
+    sites = np.arange(n_sites)
+    diag = np.empty(n_steps)
+    offdiag = np.empty(n_steps)
+    for start in range(0, n_steps, chunk):
+        stop = min(start + chunk, n_steps)
+        diff = pred_rho[:, start:stop].astype(np.complex128) - truth_rho[:, start:stop]
+        squared = diff.real**2 + diff.imag**2
+        diag[start:stop] = np.sum(squared[..., sites, sites], axis=(0, 2))
+        squared[..., sites, sites] = 0.0
+        offdiag[start:stop] = np.sum(squared, axis=(0, 2, 3))
+    return diag, offdiag
+
+
+def rmse_by_step(pred: tuple[Any, Any, Any], truth: tuple[Any, Any, Any]) -> dict[str, np.ndarray]:
+    """RMSE of each state component vs rollout step, pooled over trajectories and entries.
+
+    ``pred`` and ``truth`` are ``(rho [N,T,L,L] complex, Q [N,T,L], P [N,T,L])``. Returns a dict with
+    keys ``rho_diag``, ``rho_offdiag``, ``Q``, ``P``, each a float64 array of length T:
+    ``sqrt(mean over n and entries of |pred - truth|^2)`` at each step.
+
+    The diagonal uses the complex difference (not only the real part): the true diagonal is real
+    (n_i), so a model's spurious imaginary diagonal is an error and is counted. The off-diagonal
+    pools every entry with i != j, by complex magnitude. This matches the SPEC's loss components,
+    so RMSE at step k is comparable with the training losses.
+    """
+    pred_arrays = tuple(to_numpy(a) for a in pred)
+    truth_arrays = tuple(to_numpy(a) for a in truth)
+    if len(pred_arrays) != 3 or len(truth_arrays) != 3:
+        raise ValueError("pred and truth must each be a (rho, Q, P) triple")
+    _check_state_shapes(pred_arrays, truth_arrays)
+    n_traj, _, n_sites = truth_arrays[1].shape
+    diag_sq, offdiag_sq = _rho_squared_errors(pred_arrays[0], truth_arrays[0])
+    out = {
+        "rho_diag": np.sqrt(diag_sq / (n_traj * n_sites)),
+        "rho_offdiag": np.sqrt(offdiag_sq / (n_traj * n_sites * (n_sites - 1))),
+    }
+    for name, a, b in zip(("Q", "P"), pred_arrays[1:], truth_arrays[1:], strict=True):
+        diff = a.astype(np.float64) - b.astype(np.float64)
+        out[name] = np.sqrt(np.mean(diff * diff, axis=(0, 2)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Climate distances
+# ----------------------------------------------------------------------------------------------
+
+
+def _pooled_sample(x: Any, name: str) -> np.ndarray:
+    """All values of ``x`` as one sorted float64 sample (any shape: trajectories and times pool)."""
+    arr = _as_real_float64(x, name).ravel()
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    _require_finite(arr, name)
+    return np.sort(arr)
+
+
+def wasserstein1(a: Any, b: Any) -> float:
+    """1-Wasserstein distance between the empirical distributions of two samples.
+
+    All values of each input are pooled (any shape). Exact for any sample sizes:
+    ``W1 = integral |F_a(v) - F_b(v)| dv``, and both empirical CDFs are constant between
+    consecutive points of the merged sample, so the integral is a finite sum. Compares the
+    one-point statistics ("climate") of e.g. phi_n between model rollouts and ground truth.
+    """
+    xa = _pooled_sample(a, "a")
+    xb = _pooled_sample(b, "b")
+    points = np.concatenate((xa, xb))
+    points.sort()
+    widths = np.diff(points)
+    cdf_a = np.searchsorted(xa, points[:-1], side="right") / xa.size
+    cdf_b = np.searchsorted(xb, points[:-1], side="right") / xb.size
+    return float(np.sum(np.abs(cdf_a - cdf_b) * widths))
+
+
+def power_spectrum(x: Any) -> np.ndarray:
+    """Ensemble-mean periodogram of ``[N, T]`` series, normalised to unit total power.
+
+    Each trajectory's own mean is removed first (its DC bin carries no dynamics), its |rFFT|^2 is
+    taken without windowing, the spectra are averaged over trajectories, and the result is divided
+    by its sum. Length T // 2 + 1, float64.
+    """
+    arr = _as_ensemble(x, "x")
+    _require_finite(arr, "x")
+    centred = arr - np.mean(arr, axis=1, keepdims=True)
+    spectrum = np.fft.rfft(centred, axis=1)
+    power = np.mean(spectrum.real**2 + spectrum.imag**2, axis=0)
+    total = float(np.sum(power))
+    if total <= 0.0:
+        raise ValueError("every trajectory is constant: the power spectrum is undefined")
+    return power / total
+
+
+def power_spectrum_distance(model_series: Any, truth_series: Any) -> float:
+    """Hellinger distance between the normalised ensemble power spectra of two ensembles.
+
+    ``H = sqrt(1 - sum_k sqrt(p_k q_k))``, in [0, 1]: 0 for identical spectra, 1 for spectra with
+    disjoint support, symmetric, and a true metric. Hellinger rather than L1 because the square
+    root gives the weak high-frequency tail of a chaotic spectrum a say next to its dominant peaks.
+    Invariant to each ensemble's amplitude and offset: it compares where the power sits, not how
+    much there is (the autocorrelation and Wasserstein metrics cover the rest). Both ensembles must
+    have the same number of time steps (same frequency grid); trajectory counts may differ.
+    """
+    model_arr = _as_ensemble(model_series, "model_series")
+    truth_arr = _as_ensemble(truth_series, "truth_series")
+    if model_arr.shape[1] != truth_arr.shape[1]:
+        raise ValueError(
+            "model and truth series need the same number of steps T for a common frequency grid; "
+            f"got T={model_arr.shape[1]} and T={truth_arr.shape[1]}"
+        )
+    p = power_spectrum(model_arr)
+    q = power_spectrum(truth_arr)
+    affinity = float(np.sum(np.sqrt(p * q)))
+    return float(np.sqrt(max(0.0, 1.0 - affinity)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Energy conservation
+# ----------------------------------------------------------------------------------------------
+
+
+def energy_drift(energies: Any) -> dict[str, float]:
+    """Summary of |E(t) - E(0)| for energy-per-site series ``[N, T]`` (1-D = one trajectory).
+
+    Keys:
+    - ``mean_final_abs``: mean over trajectories of |E(T-1) - E(0)|;
+    - ``max_final_abs``: max over trajectories of |E(T-1) - E(0)|;
+    - ``mean_max_abs``: mean over trajectories of max_t |E(t) - E(0)|;
+    - ``max_abs``: max over trajectories and times of |E(t) - E(0)|.
+    NaN/inf energies (a blown-up rollout) propagate into the summaries on purpose, so that they
+    cannot hide behind an average; filter with :func:`divergent_mask` first to summarise the rest.
+    """
+    arr = _as_ensemble(energies, "energies")
+    deviation = np.abs(arr - arr[:, :1])
+    final = deviation[:, -1]
+    worst = np.max(deviation, axis=1)
+    return {
+        "mean_final_abs": float(np.mean(final)),
+        "max_final_abs": float(np.max(final)),
+        "mean_max_abs": float(np.mean(worst)),
+        "max_abs": float(np.max(worst)),
+    }
