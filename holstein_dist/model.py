@@ -163,7 +163,7 @@ class ScaledCNN(nn.Module):
         zero_output: bool,
     ) -> None:
         super().__init__()
-        for name, s_i, s_o in zip(("rho", "P", "Q"), s_in, s_out, strict=True):
+        for name, s_i, s_o in zip(("rho", "Q", "P"), s_in, s_out, strict=True):
             self.register_buffer(f"in_scale_{name}", torch.tensor(1.0 / s_i, dtype=torch.float32))
             self.register_buffer(f"out_scale_{name}", torch.tensor(s_o, dtype=torch.float32))
         self.CNN = ResNetCNN(cfg, zero_output)
@@ -272,9 +272,7 @@ class PARC(Surrogate):
         s = self.scales
         state, deriv = (s["rho"], s["Q"], s["P"]), (s["drho"], s["dQ"], s["dP"])
         self.differentiator = ScaledCNN(cfg, state, deriv, zero_output=False)
-        self.integrator = ScaledCNN(
-            cfg, deriv, (s["delta_rho"], s["delta_Q"], s["delta_P"]), zero_output=True
-        )
+        self.integrator = ScaledCNN(cfg, deriv, (s["delta_rho"], s["delta_Q"], s["delta_P"]), zero_output=True)
 
     def increment(self, rho: Tensor, Q: Tensor, P: Tensor) -> tuple[State, State | None]:
         derivative = self.differentiator(rho, Q, P)
@@ -287,8 +285,7 @@ def build_model(cfg: ModelConfig, scales: Mapping[str, float]) -> Surrogate:
     extra = sorted(set(scales) - set(SCALE_KEYS))
     if missing or extra:
         raise ValueError(
-            f"scales must have exactly the keys {', '.join(SCALE_KEYS)}; "
-            f"missing {missing}, unexpected {extra}"
+            f"scales must have exactly the keys {', '.join(SCALE_KEYS)}; missing {missing}, unexpected {extra}"
         )
     bad = {key: scales[key] for key in SCALE_KEYS if not (math.isfinite(scales[key]) and scales[key] > 0)}
     if bad:
@@ -360,9 +357,7 @@ def _checkpoint_in_run(run: Path) -> Path:
         return ckpt_dir / "best.pt"
     steps = [(_step_number(p), p) for p in ckpt_dir.glob("step-*.pt")]
     if not steps:
-        raise ValueError(
-            f"{str(ckpt_dir)!r} holds no best.pt or step-*.pt; train first or pass a checkpoint file"
-        )
+        raise ValueError(f"{str(ckpt_dir)!r} holds no best.pt or step-*.pt; train first or pass a checkpoint file")
     return max(steps)[1]
 
 
@@ -381,9 +376,7 @@ def _load_checkpoint_file(path: Path) -> Surrogate:
         )
     absent = [key for key in ("model_config", "scales", "model") if key not in payload]
     if absent:
-        raise ValueError(
-            f"checkpoint {str(path)!r} lacks {absent}; it was written incompletely, use another one"
-        )
+        raise ValueError(f"checkpoint {str(path)!r} lacks {absent}; it was written incompletely, use another one")
     try:
         model = build_model(from_dict(ModelConfig, payload["model_config"]), payload["scales"])
     except (ValueError, TypeError) as exc:
@@ -396,8 +389,7 @@ def _load_original(directory: Path) -> Surrogate:
     weights = directory / "model_weights.pth"
     if not weights.is_file():
         raise ValueError(
-            f"{str(directory)!r} has model_kwargs.json but no model_weights.pth; put the weights "
-            "file next to it"
+            f"{str(directory)!r} has model_kwargs.json but no model_weights.pth; put the weights file next to it"
         )
     kwargs_path = directory / "model_kwargs.json"
     try:
@@ -477,9 +469,7 @@ def _load_state(model: Surrogate, state: Any, source: Path) -> None:
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
     if mismatched:
         key = mismatched[0]
-        problems.append(
-            f"shape mismatch for {key!r}: file {tuple(state[key].shape)}, model {tuple(own[key].shape)}"
-        )
+        problems.append(f"shape mismatch for {key!r}: file {tuple(state[key].shape)}, model {tuple(own[key].shape)}")
     if problems:
         raise ValueError(
             f"weights in {str(source)!r} do not fit the {type(model).__name__} built from its config: "

@@ -25,9 +25,6 @@ from holstein_dist.model import (
     unembed,
 )
 
-SHARED = Path("/work/shared/reference")
-PRETRAINED = SHARED / "pretrained"
-GOLDEN_SHALLOW = SHARED / "golden" / "L32_shallow_g0p5_0p8.npz"
 REFERENCE_KEYS = {
     "cnn.in_scale_rho", "cnn.in_scale_Q", "cnn.in_scale_P",
     "cnn.out_scale_rho", "cnn.out_scale_Q", "cnn.out_scale_P",
@@ -40,9 +37,6 @@ REFERENCE_KEYS = {
 }  # fmt: skip
 # Arbitrary but distinct scales, so a mix-up of two components changes the outputs.
 SCALES = dict(zip(SCALE_KEYS, [0.7, 0.5, 0.14, 0.04, 0.042, 0.035, 0.021, 0.027, 0.022], strict=True))
-
-needs_reference = pytest.mark.skipif(not PRETRAINED.is_dir(), reason="reference weights not present")
-needs_golden = pytest.mark.skipif(not GOLDEN_SHALLOW.is_file(), reason="golden data not present")
 
 
 def n_params(model: nn.Module) -> int:
@@ -65,8 +59,9 @@ def randomize_output_convs(model: nn.Module, seed: int) -> None:
             nn.init.uniform_(module.bias, -0.1, 0.1)
 
 
-def golden_states() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    data = np.load(GOLDEN_SHALLOW)
+def golden_states(golden_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The L=32 shallow-quench trajectory; its snapshot interval 0.64 is the reference models' step."""
+    data = np.load(golden_dir / "L32_shallow_g0p5_0p8.npz")
     return tuple(torch.from_numpy(data[k]) for k in ("rho", "Q", "P"))
 
 
@@ -194,9 +189,7 @@ def reference_forward(state_dict, rho, Q, P):
         return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="circular"), weight, bias)
 
     def channel_norm(x, name):
-        y = F.layer_norm(
-            x.movedim(1, -1), (x.shape[1],), sd[f"CNN.{name}.ln.weight"], sd[f"CNN.{name}.ln.bias"]
-        )
+        y = F.layer_norm(x.movedim(1, -1), (x.shape[1],), sd[f"CNN.{name}.ln.weight"], sd[f"CNN.{name}.ln.bias"])
         return y.movedim(-1, 1)
 
     L = rho.shape[-1]
@@ -217,10 +210,9 @@ def reference_forward(state_dict, rho, Q, P):
     return rho + d_rho, Q + d_Q, P + d_P
 
 
-@needs_reference
 @pytest.mark.parametrize("L", [16, 32])
-def test_reference_checkpoint_loads_with_strict_keys(L):
-    directory = PRETRAINED / f"tiny-quench_0p5_0p8-L_{L}"
+def test_reference_checkpoint_loads_with_strict_keys(pretrained_dir, L):
+    directory = pretrained_dir / f"tiny-quench_0p5_0p8-L_{L}"
     state = torch.load(directory / "model_weights.pth", map_location="cpu", weights_only=True)
     assert set(state) == REFERENCE_KEYS
     scalars = json.loads((directory / "model_kwargs.json").read_text())["data_scalars"]
@@ -234,12 +226,10 @@ def test_reference_checkpoint_loads_with_strict_keys(L):
     assert loaded.cnn.in_scale_P.item() == pytest.approx(1 / scalars["P"])
 
 
-@needs_reference
-@needs_golden
 @pytest.mark.parametrize("L", [16, 32])
-def test_reference_model_matches_a_functional_implementation(L):
-    model = load_model(PRETRAINED / f"tiny-quench_0p5_0p8-L_{L}")
-    rho, Q, P = golden_states()  # a CNN runs at any L; the L=32 states serve the L=16 weights too
+def test_reference_model_matches_a_functional_implementation(pretrained_dir, golden_dir, L):
+    model = load_model(pretrained_dir / f"tiny-quench_0p5_0p8-L_{L}")
+    rho, Q, P = golden_states(golden_dir)  # a CNN runs at any L; the L=32 states serve the L=16 weights too
     got = model.step(rho, Q, P)
     want = reference_forward(model.state_dict(), rho.to(torch.complex64).to(torch.complex128),
                              Q.float().double(), P.float().double())  # fmt: skip
@@ -259,16 +249,14 @@ def component_errors(pred, truth):
     return {k: (p.to(t.dtype) - t).abs().pow(2).mean().sqrt().item() for k, (p, t) in pairs.items()}
 
 
-@needs_reference
-@needs_golden
-def test_reference_model_one_step_accuracy_on_golden_shallow_quench():
+def test_reference_model_one_step_accuracy_on_golden_shallow_quench(pretrained_dir, golden_dir):
     """The golden snapshot interval (0.64) is the model's training interval, so one model step must
     land near the next snapshot. Measured ratios ||pred - truth|| / ||true increment|| over the 50
     intervals: Q 0.053, P 0.101, rho diagonal 0.292. The off-diagonal rho increments are tiny
     (rms 1.9e-3) and this 5k-parameter model, trained on noisy inputs, predicts them no better than
     "no change" (ratio 1.10), so that component is checked over a rollout instead (next test)."""
-    model = load_model(PRETRAINED / "tiny-quench_0p5_0p8-L_32")
-    rho, Q, P = golden_states()
+    model = load_model(pretrained_dir / "tiny-quench_0p5_0p8-L_32")
+    rho, Q, P = golden_states(golden_dir)
     now, nxt = (rho[:-1], Q[:-1], P[:-1]), (rho[1:], Q[1:], P[1:])
     error = component_errors(model.step(*now), nxt)
     no_change = component_errors(now, nxt)  # = RMS of the true increment
@@ -278,13 +266,11 @@ def test_reference_model_one_step_accuracy_on_golden_shallow_quench():
     assert ratio["rho_diag"] < 0.4
 
 
-@needs_reference
-@needs_golden
-def test_reference_model_rollout_stays_on_the_golden_trajectory():
+def test_reference_model_rollout_stays_on_the_golden_trajectory(pretrained_dir, golden_dir):
     """50-step rollout from the golden initial state. Measured rollout RMSE / RMS of the true change
     from t=0 over the whole trajectory: rho diagonal 0.024, rho off-diagonal 0.37, Q 0.010, P 0.015."""
-    model = load_model(PRETRAINED / "tiny-quench_0p5_0p8-L_32")
-    rho, Q, P = golden_states()
+    model = load_model(pretrained_dir / "tiny-quench_0p5_0p8-L_32")
+    rho, Q, P = golden_states(golden_dir)
     traj = model.rollout(rho[:1], Q[:1], P[:1], n_steps=50)
     pred = tuple(t[0] for t in traj)
     error = component_errors(pred, (rho, Q, P))
