@@ -81,8 +81,8 @@ for spec in "mariadbd:$DB_PORT" "slurmdbd:$DBD_PORT" "slurmctld:$CTLD_PORT" "slu
     d=${spec%%:*} port=${spec#*:}
     running "$d" >/dev/null && continue
     if port_open "$port"; then
-        owner=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:.*' | head -n 1 || true)
-        die "port $port (for $d) is already in use ${owner:-by another process}; free it or set HOLSTEIN_SLURM_PORT_BASE / HOLSTEIN_SLURM_DB_PORT"
+        owner=$(ss -Hltnp "sport = :$port" 2>/dev/null | sed -nE 's/.*\(\("([^"]+)",pid=([0-9]+).*/\1, pid \2/p' | head -n 1)
+        die "port $port (for $d) is already in use (by ${owner:-another process}); free it or set HOLSTEIN_SLURM_PORT_BASE / HOLSTEIN_SLURM_DB_PORT"
     fi
 done
 
@@ -128,7 +128,8 @@ SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire also sets how long a requeued job waits before it may start again (default 120 s).
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 StateSaveLocation=$PREFIX/state/slurmctld
 SlurmdSpoolDir=$PREFIX/state/slurmd
 SlurmctldPidFile=$RUN/slurmctld.pid
@@ -145,22 +146,28 @@ MpiDefault=pmix
 # Advertise the CPUs below rather than the real core count, so tests can ask for more tasks.
 SlurmdParameters=config_overrides
 ReturnToService=2
-# Fast turnaround: a short SIGTERM->SIGKILL gap, and requeue allowed (scontrol requeue, preemption).
+# Fast turnaround: a short SIGTERM->SIGKILL gap; requeue allowed (scontrol requeue, preemption).
 KillWait=5
 JobRequeue=1
 InactiveLimit=0
-# A job in partition "urgent" preempts (requeues) jobs in "debug"; a preempted job that asked for
-# --signal=SIG@T gets SIG at once and GraceTime seconds before it is killed.
+# sbatch --wait polls every 2 s only while MinJobAge/2 <= 2; with the default (300) it backs off
+# to 8 s and then 32 s. Finished jobs leave squeue within about a minute; sacct keeps them.
+MinJobAge=4
+# A job in partition "urgent" preempts (requeues) jobs in "debug". A preempted job that asked for
+# --signal=[B:]SIG@T gets SIG at once (otherwise its steps get SIGTERM); if it has not ended when
+# the partition's GraceTime runs out, it is killed at slurmctld's next time-limit check (every 30 s).
+# The main and backfill schedulers look at pending jobs every second.
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-SchedulerParameters=preempt_send_user_signal
+SlurmctldParameters=preempt_send_user_signal
+SchedulerParameters=bf_interval=1,sched_interval=1
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 AccountingStoragePass=$MUNGE_SOCKET
 JobAcctGatherType=jobacct_gather/linux
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES DefaultTime=01:00:00 MaxTime=7-00:00:00 State=UP PriorityTier=1 GraceTime=20
+PartitionName=debug Nodes=ALL Default=YES DefaultTime=01:00:00 MaxTime=7-00:00:00 State=UP PriorityTier=1 GraceTime=10
 PartitionName=urgent Nodes=ALL DefaultTime=01:00:00 MaxTime=7-00:00:00 State=UP PriorityTier=2
 EOF
 

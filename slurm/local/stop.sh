@@ -30,6 +30,9 @@ running() {
     echo "$pid"
 }
 
+# Without env.sh, clients (and the test fixture) see at once that the cluster is not there.
+rm -f "$PREFIX/env.sh"
+
 # Cancel jobs first, so that no job step outlives slurmd.
 if running slurmctld >/dev/null; then
     jobs=$(squeue -h -o %i 2>/dev/null || true)

@@ -1,0 +1,218 @@
+"""Benchmark: RK4 integration cost per trajectory per step, every backend, vs the reference C++ simulator.
+
+For L = 16, 32, 64 and each backend (fused numba kernel, batched numpy, torch eager on CPU, and
+torch on CUDA when a GPU is visible) this measures microseconds per trajectory per RK4 step on one
+core (numba ``threads=1``, ``torch.set_num_threads(1)``) and on the whole machine, as the median of
+``--repeats`` timed runs after a warm-up (compilation and first-touch excluded). Each timed run is
+long enough to last about ``--seconds``. The reference C++ simulator (Armadillo, one core: 45 / 157
+/ 836 us per step, SPEC section 1) is a column, with the speed-up over it. A last column gives the
+largest deviation of the backend from the numpy reference after a short run, so that a fast but
+wrong kernel cannot pass unnoticed.
+
+    python benchmarks/simulate.py [--L 16 32 64] [--backends numba numba1 numpy torch cuda] [--batch 64]
+                                  [--cuda-batch 4096] [--repeats 3] [--seconds 0.4] [--json PATH]
+
+numpy's elementwise operations are single-threaded, so its two rows differ only by noise. The
+default run takes about two minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import numpy as np
+
+from holstein_dist import physics as ph
+
+REFERENCE_US = {16: 45.0, 32: 157.0, 64: 836.0}  # original C++ simulator, one core (SPEC section 1)
+CHECK_STEPS = 50
+
+
+def initial_batch(L: int, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``batch`` distinct deep-quench starts, moved off the symmetric start so every entry is non-trivial."""
+    states = [ph.initial_state(L, 0.0, seed=seed + i) for i in range(min(batch, 8))]
+    rho = np.stack([states[i % len(states)][0] for i in range(batch)])
+    Q = np.stack([states[i % len(states)][1] for i in range(batch)])
+    P = np.stack([states[i % len(states)][2] for i in range(batch)])
+    return ph.evolve(rho, Q, P, g=1.0, n_steps=20, backend="numpy")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def time_per_step(advance: Callable[[int], None], sync: Callable[[], None], repeats: int, seconds: float,
+                  warmup_steps: int = 3) -> float:
+    """Median seconds per ``advance(1)``: warm up, size a run to ~``seconds``, time ``repeats`` runs."""
+    advance(warmup_steps)  # compilation, allocation, first touch
+    sync()
+    n = 1
+    while True:  # calibrate: double until a run lasts >= seconds / 8
+        start = time.perf_counter()
+        advance(n)
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds / 8 or n >= 1 << 20:
+            break
+        n *= 2
+    n = max(1, int(n * seconds / max(elapsed, 1e-9)))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        advance(n)
+        sync()
+        times.append((time.perf_counter() - start) / n)
+    return statistics.median(times)
+
+
+def make(backend: str, L: int, batch: int, threads: int | None):
+    """``(advance, sync, final_state)`` for one backend on a fresh batch."""
+    rho, Q, P = initial_batch(L, batch)
+    if backend == "numba":
+        stepper = ph.make_stepper(rho, Q, P, g=1.0, backend="numba", threads=threads)
+        return stepper.advance, (lambda: None), stepper.state
+    if backend == "numpy":
+        stepper = ph.make_stepper(rho, Q, P, g=1.0, backend="numpy")
+        return stepper.advance, (lambda: None), stepper.state
+    import torch
+
+    if backend == "torch":
+        stepper = ph.TorchStepper(rho, Q, P, g=1.0, dt=ph.DT_DEFAULT, K0=ph.K0_DEFAULT, eta=ph.ETA_DEFAULT)
+        return stepper.advance, (lambda: None), stepper.state
+    stepper = ph.TorchStepper(rho, Q, P, g=1.0, dt=ph.DT_DEFAULT, K0=ph.K0_DEFAULT, eta=ph.ETA_DEFAULT,
+                              device="cuda")
+    return stepper.advance, torch.cuda.synchronize, (lambda: tuple(x.cpu().numpy() for x in stepper.state()))
+
+
+class torch_threads:
+    """Context manager: ``torch.set_num_threads(n)`` inside, the previous value restored after."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        if self.n is None:
+            return
+        import torch
+
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc) -> None:
+        if self.n is not None:
+            import torch
+
+            torch.set_num_threads(self.previous)
+
+
+def deviation(backend: str, L: int) -> float:
+    """Max |backend - numpy| over (rho, Q, P) after ``CHECK_STEPS`` steps of a 3-trajectory batch."""
+    rho, Q, P = initial_batch(L, 3, seed=100)
+    ref = ph.evolve(rho, Q, P, g=1.0, n_steps=CHECK_STEPS, backend="numpy")
+    if backend == "cuda":
+        import torch
+
+        args = [torch.from_numpy(x).cuda() for x in (rho, Q, P)]
+        out = [x.cpu().numpy() for x in ph.evolve(*args, g=1.0, n_steps=CHECK_STEPS, backend="torch")]
+    else:
+        out = ph.evolve(rho, Q, P, g=1.0, n_steps=CHECK_STEPS, backend=backend)
+    return max(float(np.abs(np.asarray(x) - y).max()) for x, y in zip(out, ref))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--L", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--backends", nargs="+", default=["numba", "numba1", "numpy", "torch", "cuda"],
+                        choices=["numba", "numba1", "numpy", "torch", "cuda"],
+                        help="numba1 = the numba kernel on a single trajectory (batch of 1); "
+                             "cuda is skipped when torch sees no GPU")
+    parser.add_argument("--batch", type=int, default=64, help="trajectories per CPU batch (numba)")
+    parser.add_argument("--slow-batch", type=int, default=16, help="trajectories per batch for numpy / torch CPU")
+    parser.add_argument("--cuda-batch", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=0.4, help="length of one timed run")
+    parser.add_argument("--json", type=str, default=None, help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+    if args.repeats < 3:
+        parser.error("--repeats must be >= 3 (the median of at least three runs is reported)")
+
+    backends = list(dict.fromkeys(args.backends))
+    if "cuda" in backends:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                backends.remove("cuda")
+        except ImportError:
+            backends.remove("cuda")
+
+    n_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    rows = []
+    for backend in backends:
+        modes = [("1 core", 1), (f"{n_cores} cores", n_cores)] if backend != "cuda" else [("GPU", None)]
+        for L in args.L:
+            dev = deviation("numba" if backend == "numba1" else backend, L)
+            for label, threads in modes:
+                if backend == "numba1":
+                    batch = 1
+                elif backend == "numba":
+                    batch = args.batch
+                elif backend == "cuda":
+                    batch = args.cuda_batch
+                else:
+                    batch = args.slow_batch
+                kind = "numba" if backend == "numba1" else backend
+                with torch_threads(threads if kind == "torch" else None):
+                    advance, sync, _ = make(kind, L, batch, threads if kind == "numba" else None)
+                    seconds = time_per_step(advance, sync, args.repeats, args.seconds)
+                us = seconds / batch * 1e6
+                rows.append({
+                    "backend": backend, "cores": label, "threads": threads, "batch": batch, "L": L,
+                    "us_per_trajectory_step": us, "reference_cpp_us": REFERENCE_US.get(L),
+                    "speedup_vs_cpp": REFERENCE_US[L] / us if L in REFERENCE_US else None,
+                    "max_dev_vs_numpy": dev,
+                })
+                print(f"  {backend:6s} {label:8s} L={L:3d} batch={batch:5d}: {us:9.3f} us/trajectory/step",
+                      flush=True)
+
+    print()
+    print(f"RK4 step cost, median of {args.repeats} runs; {cpu_name()}")
+    print()
+    print("| backend | cores | batch | L | µs / trajectory / step | C++ reference µs | speed-up vs C++ "
+          f"| max dev vs numpy ({CHECK_STEPS} steps) |")
+    print("|---|---|---|---|---|---|---|---|")
+    names = {"numba": "numba (fused kernel)", "numba1": "numba, 1 trajectory", "numpy": "numpy (batched)",
+             "torch": "torch eager CPU", "cuda": "torch CUDA"}
+    for r in rows:
+        ref = r["reference_cpp_us"]
+        print(f"| {names[r['backend']]} | {r['cores']} | {r['batch']} | {r['L']} | {r['us_per_trajectory_step']:.3g} "
+              f"| {ref if ref is not None else '-'} | {r['speedup_vs_cpp']:.1f}x | {r['max_dev_vs_numpy']:.1e} |")
+    if args.json:
+        import numba
+        import torch
+
+        meta = {"cpu": cpu_name(), "cores": n_cores, "numpy": np.__version__, "numba": numba.__version__,
+                "torch": torch.__version__, "repeats": args.repeats, "seconds_per_run": args.seconds,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,734 @@
+"""Ensemble evaluation of a surrogate against ground truth: ``python -m holstein_dist.evaluate``.
+
+Every rank (one plain process, ``torchrun`` or ``srun``) takes a contiguous block of the selected
+trajectories of one split, reads their initial snapshots and ground truth from the shards, rolls the
+model out in batches under inference mode, and reduces each rollout to compact series: charge and
+lattice order and energy per site ``[n, T+1]``, plus per-step squared-error sums for the RMSE. Rank 0
+gathers only these (never full rho trajectories), computes the SPEC section 3 metrics, and writes
+``report.json`` (atomically), PNG plots and TensorBoard entries (``holstein_dist.report``).
+
+The same ranks also time the exact simulator (``physics.make_stepper``) from the same initial states,
+so each report carries the speed-up the surrogate buys on that machine. ``--truth-only`` skips the
+model: the report then holds the ground-truth statistics and that timing alone.
+
+Which trajectories: the first ``--rollouts`` of the split (all by default), in index order, so a
+report is the same whatever the number of ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from holstein_dist import physics
+from holstein_dist.metrics import (
+    autocorrelation,
+    charge_order,
+    divergent_mask,
+    energy_drift,
+    lattice_order,
+    power_spectrum_distance,
+    rmse_by_step,
+    to_numpy,
+    wasserstein1,
+)
+
+# _checkpoint_in_run: the run-directory resolution load_model uses, so the hashed file is the loaded one.
+from holstein_dist.model import FORMAT as OUR_FORMAT
+from holstein_dist.model import ResNetCNN, Surrogate, _checkpoint_in_run, load_model
+from holstein_dist.shards import (
+    MANIFEST,
+    Dataset,
+    Split,
+    file_sha256,
+    manifest_config,
+    open_dataset,
+    read_manifest,
+    write_json_atomic,
+)
+from hpc.dist import DistEnv, gather_objects_to_main, init_distributed, shutdown
+
+REPORT_SCHEMA = "holstein-dist-eval/1"
+STATE_KEYS = ("rho", "Q", "P")
+ORDER_KEYS = ("charge", "lattice")
+RMSE_KEYS = ("rho_diag", "rho_offdiag", "Q", "P")
+DIVERGENCE_FACTOR = 1.1  # SPEC section 3
+DEFAULT_MAX_LAG = 200  # paper: lags up to a few hundred snapshots
+TRACE_TRAJECTORIES = 3  # order-parameter traces plotted per report
+
+# Bound on the complex128 scratch of the observable computation (entries per time chunk, ~64 MiB).
+_SERIES_CHUNK_ENTRIES = 1 << 22
+
+
+class EvalError(ValueError):
+    """Bad input to the evaluation; the message is one line that names the problem and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Options and plan
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The command line, validated where that needs no data."""
+
+    checkpoint: Path | None
+    data: Path
+    split: str = "test"
+    rollouts: int | None = None
+    steps: int | None = None
+    max_lag: int | None = None
+    out: Path = Path("runs/eval")
+    device: str = "auto"
+    batch_size: int = 32
+    bf16: bool = False
+    truth_only: bool = False
+    baseline_steps: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What will be computed, resolved against the dataset."""
+
+    indices: tuple[int, ...]  # split-local trajectory indices, in report order
+    steps: int  # rollout length T (snapshot intervals); series have T+1 points
+    max_lag: int
+    L: int
+    g_f: float
+    K0: float
+    eta: float
+    snapshot_dt: float
+    rk4_per_snapshot: int
+    baseline_steps: int  # snapshot intervals the exact simulator is timed for
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m holstein_dist.evaluate",
+        description="Roll a surrogate out on a test split and compare its statistics with ground truth.",
+    )
+    p.add_argument("--checkpoint", type=Path, help="our .pt file, a training run directory, or an original-format "
+                   "directory (model_kwargs.json + model_weights.pth)")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory made by holstein_dist.generate")
+    p.add_argument("--split", default="test", help="split to evaluate on (default: test)")
+    p.add_argument("--rollouts", type=int, help="evaluate the first N trajectories of the split (default: all)")
+    p.add_argument("--steps", type=int, help="rollout length in snapshot intervals (default: all stored)")
+    p.add_argument("--max-lag", type=int, help=f"largest autocorrelation lag (default: min({DEFAULT_MAX_LAG}, "
+                   "steps // 2))")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="report directory (default: runs/eval)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=32, help="rollouts per model batch on each rank")
+    p.add_argument("--bf16", action="store_true", help="run the CNNs under bfloat16 autocast (meant for GPUs)")
+    p.add_argument("--truth-only", action="store_true",
+                   help="no model: ground-truth statistics and the exact simulator's timing only")
+    p.add_argument("--baseline-steps", type=int,
+                   help="snapshot intervals the exact simulator is timed for from the same initial states "
+                   "(default: --steps, i.e. the same rollouts; less to save time on big runs, 0 to skip)")
+    return p
+
+
+def parse_options(argv: Sequence[str] | None = None) -> Options:
+    """Parse and check the flags that need no data; EvalError names the fix."""
+    args = build_parser().parse_args(argv)
+    opts = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
+    if opts.truth_only and opts.checkpoint is not None:
+        raise EvalError("--truth-only evaluates no model; drop --checkpoint or drop --truth-only")
+    if not opts.truth_only and opts.checkpoint is None:
+        raise EvalError("no model to evaluate; pass --checkpoint PATH (run dir, .pt file or original model "
+                        "directory) or --truth-only")
+    if opts.truth_only and opts.bf16:
+        raise EvalError("--bf16 only affects the model; drop it with --truth-only")
+    for flag, value, least in (("--rollouts", opts.rollouts, 1), ("--steps", opts.steps, 1),
+                               ("--max-lag", opts.max_lag, 0), ("--batch-size", opts.batch_size, 1),
+                               ("--baseline-steps", opts.baseline_steps, 0)):
+        if value is not None and value < least:
+            raise EvalError(f"{flag} is {value}; pass an integer >= {least}")
+    return opts
+
+
+def make_plan(opts: Options, ds: Dataset, split: Split) -> Plan:
+    """Resolve rollouts, steps and lags against the data; every mismatch is an EvalError with the fix."""
+    stored = ds.n_snapshots - 1
+    steps = stored if opts.steps is None else opts.steps
+    if steps > stored:
+        raise EvalError(f"--steps {steps} exceeds the {stored} snapshot intervals stored per trajectory in "
+                        f"{ds.root}; pass --steps {stored} or less")
+    max_lag = min(DEFAULT_MAX_LAG, steps // 2) if opts.max_lag is None else opts.max_lag
+    if max_lag >= steps:
+        raise EvalError(f"--max-lag {max_lag} must be smaller than --steps {steps}; pass --max-lag {steps - 1} "
+                        "or less (a few hundred snapshots at most is the paper's choice)")
+    available = split.n_trajectories
+    n = available if opts.rollouts is None else opts.rollouts
+    if n > available:
+        raise EvalError(f"--rollouts {n} exceeds the {available} trajectories in split {opts.split!r} of "
+                        f"{ds.root}; pass --rollouts {available} or less (or omit it to use all)")
+    cfg = ds.config
+    physics_consts = ds.manifest.get("physics", {})
+    return Plan(
+        indices=tuple(range(n)),
+        steps=steps,
+        max_lag=max_lag,
+        L=ds.L,
+        g_f=float(ds.g_f),
+        K0=float(physics_consts.get("K0", physics.K0_DEFAULT)),
+        eta=float(physics_consts.get("eta", physics.ETA_DEFAULT)),
+        snapshot_dt=float(ds.snapshot_dt),
+        rk4_per_snapshot=int(cfg.save_interval),
+        baseline_steps=steps if opts.baseline_steps is None else min(opts.baseline_steps, steps),
+    )
+
+
+def share_of(n: int, rank: int, world_size: int) -> range:
+    """Contiguous, balanced block of ``range(n)`` for ``rank``: concatenated in rank order it is range(n)."""
+    return range(rank * n // world_size, (rank + 1) * n // world_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Identities: which model, which data
+# ----------------------------------------------------------------------------------------------
+
+
+def _resolved_weights(path: Path) -> tuple[str, Path]:
+    """(format, weights file) exactly as ``load_model`` resolves ``path``: original dir, run dir or file."""
+    if path.is_dir() and (path / "model_kwargs.json").is_file():
+        return "original", path / "model_weights.pth"
+    return "ours", _checkpoint_in_run(path) if path.is_dir() else path
+
+
+def recorded_training_data(fmt: str, checkpoint: Path, weights: Path) -> dict[str, Any]:
+    """What the checkpoint says about its training data: ``L`` and ``snapshot_dt`` where it is known.
+
+    Original-format directories record nothing but their name, which the reference spells
+    ``<size>-quench_<gi>_<gf>-L_<L>``. Ours store the training config, whose ``data`` entry is the
+    training set's directory: its manifest gives L and the snapshot interval while it still exists.
+    """
+    if fmt == "original":
+        match = re.search(r"(?:^|[-_])L_(\d+)(?:$|[-_])", checkpoint.resolve().name)
+        return {"L": int(match.group(1)), "source": "directory name"} if match else {}
+    payload = torch.load(weights, map_location="cpu", weights_only=False)
+    train_cfg = payload.get("config") if isinstance(payload, Mapping) else None
+    data_dir = train_cfg.get("data") if isinstance(train_cfg, Mapping) else None
+    if not data_dir or not (Path(data_dir) / MANIFEST).is_file():
+        return {}
+    try:
+        cfg = manifest_config(read_manifest(Path(data_dir)), Path(data_dir))
+    except ValueError:
+        return {}  # a training set since replaced by something unreadable tells us nothing
+    return {"L": cfg.L, "snapshot_dt": cfg.snapshot_dt, "source": f"{data_dir}/{MANIFEST}"}
+
+
+def checkpoint_identity(path: Path, model: Surrogate) -> dict[str, Any]:
+    """Path, format, sha256 of the weights file, model config and scales: enough to name the model."""
+    fmt, weights = _resolved_weights(path)
+    return {
+        "path": str(path.resolve()),
+        "format": fmt,
+        "format_detail": "original reference (model_kwargs.json + model_weights.pth)" if fmt == "original"
+        else OUR_FORMAT,
+        "weights_file": str(weights.resolve()),
+        "sha256": file_sha256(weights),
+        "model_config": dataclasses.asdict(model.config),
+        "scales": dict(model.scales),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "trained_on": recorded_training_data(fmt, path, weights),
+    }
+
+
+def check_model_fits_data(identity: Mapping[str, Any], plan: Plan, data_root: Path) -> None:
+    """Refuse a model trained on another ring length or snapshot interval, where the checkpoint says so.
+
+    A CNN runs on any L, so a mismatch would otherwise produce numbers instead of an error.
+    """
+    trained = identity["trained_on"]
+    if "L" in trained and trained["L"] != plan.L:
+        raise EvalError(f"checkpoint {identity['path']} was trained on L={trained['L']} but {data_root} has "
+                        f"L={plan.L}; evaluate on L={trained['L']} data or pass a model trained at L={plan.L}")
+    if "snapshot_dt" in trained and not np.isclose(trained["snapshot_dt"], plan.snapshot_dt):
+        raise EvalError(f"checkpoint {identity['path']} was trained on snapshot interval {trained['snapshot_dt']} "
+                        f"but {data_root} saves every {plan.snapshot_dt}; use data with the model's interval")
+
+
+def data_identity(ds: Dataset, split_name: str, plan: Plan) -> dict[str, Any]:
+    """Dataset path, manifest sha256, split, counts and the physics that the metrics depend on."""
+    shard_hashes = [e["sha256"] for e in ds.manifest["shards"] if e["split"] == split_name]
+    return {
+        "path": str(Path(ds.root).resolve()),
+        "manifest_sha256": file_sha256(Path(ds.root) / MANIFEST),
+        # Stable across manifest rewrites (e.g. a resumed generate run): the split's shard contents.
+        "split_sha256": hashlib.sha256("".join(shard_hashes).encode()).hexdigest(),
+        "split": split_name,
+        "split_trajectories": ds.split(split_name).n_trajectories,
+        "rollouts": len(plan.indices),
+        "protocol": ds.config.protocol,
+        "L": plan.L,
+        "g_i": float(ds.config.g_i),
+        "g_f": plan.g_f,
+        "snapshot_dt": plan.snapshot_dt,
+        "rk4_steps_per_snapshot": plan.rk4_per_snapshot,
+        "stored_steps": ds.n_snapshots - 1,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-rank work
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Share:
+    """What one rank sends to rank 0: per-rollout series and per-step sums, never full trajectories."""
+
+    truth: dict[str, np.ndarray]  # charge, lattice, energy, energy_stored: [n, T+1]
+    model: dict[str, np.ndarray] | None  # charge, lattice, energy: [n, T+1]
+    squared_errors: dict[str, np.ndarray] | None  # RMSE_KEYS -> sum of squared errors per step, [T+1]
+    pattern: dict[str, np.ndarray] | None  # staggered density [T+1, L] of the first selected trajectory
+    rollout_seconds: float
+    baseline: dict[str, Any]
+
+
+def state_series(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, plan: Plan) -> dict[str, np.ndarray]:
+    """Charge order, lattice order and energy per site (at g_f), ``[n, T+1]`` float64.
+
+    Computed in float64 whatever the storage or model precision, in time chunks so that the
+    complex128 copies stay small for long rollouts.
+    """
+    n, n_times, L = Q.shape
+    out = {key: np.empty((n, n_times)) for key in (*ORDER_KEYS, "energy")}
+    chunk = max(1, _SERIES_CHUNK_ENTRIES // max(1, n * L * L))
+    for start in range(0, n_times, chunk):
+        window = slice(start, start + chunk)
+        r = rho[:, window].astype(np.complex128)
+        q = Q[:, window].astype(np.float64)
+        p = P[:, window].astype(np.float64)
+        out["charge"][:, window] = charge_order(r)
+        out["lattice"][:, window] = lattice_order(q)
+        out["energy"][:, window] = physics.energy(r, q, p, g=plan.g_f, K0=plan.K0, eta=plan.eta) / L
+    return out
+
+
+def squared_error_sums(pred: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-step sums of squared errors per RMSE component, so that ranks can add them up.
+
+    ``metrics.rmse_by_step`` pools the mean over trajectories and entries; multiplying back by the
+    entry count gives the sum (rho_diag and Q, P have L entries per trajectory, rho_offdiag L(L-1)).
+    """
+    n, _, L = truth[1].shape
+    counts = {"rho_diag": n * L, "rho_offdiag": n * L * (L - 1), "Q": n * L, "P": n * L}
+    rmse = rmse_by_step(tuple(pred), tuple(truth))
+    return {key: rmse[key] ** 2 * counts[key] for key in RMSE_KEYS}
+
+
+def staggered_density(rho: np.ndarray) -> np.ndarray:
+    """``(-1)^i n_i`` of one trajectory ``rho [T+1, L, L]`` -> ``[T+1, L]``: the CDW pattern in space-time."""
+    n = np.diagonal(rho, axis1=-2, axis2=-1).real.astype(np.float64)
+    return n * np.where(np.arange(n.shape[-1]) % 2 == 0, 1.0, -1.0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def precision_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for the convolutions when asked, else nothing."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def prepare_bf16(model: Surrogate) -> None:
+    """Return every CNN's output to float32 under autocast.
+
+    Autocast leaves the output convolution in bfloat16, and ``torch.complex`` (the state read-back)
+    has no bfloat16 kernel; the state itself must stay float32 anyway so that rounding does not
+    accumulate over a long rollout.
+    """
+    for module in model.modules():
+        if isinstance(module, ResNetCNN):
+            module.register_forward_hook(lambda _module, _inputs, output: output.float())
+
+
+def roll_out(model: Surrogate, initial: Mapping[str, np.ndarray], steps: int, device: torch.device,
+             bf16: bool) -> tuple[tuple[np.ndarray, ...], float]:
+    """Model rollout from ``initial`` (rho [b,L,L], Q, P [b,L]); returns host arrays and compute seconds."""
+    state = tuple(torch.from_numpy(np.ascontiguousarray(initial[key])) for key in STATE_KEYS)
+    with precision_context(device, bf16):
+        _sync(device)
+        start = time.perf_counter()
+        pred = model.rollout(*state, steps)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return tuple(to_numpy(x) for x in pred), seconds
+
+
+def _concat(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Key-wise concatenation along the trajectory axis, in the order given."""
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def _empty_share(plan: Plan, with_model: bool) -> Share:
+    """A rank with no trajectories (more ranks than rollouts) still takes part in the gather."""
+    empty = np.empty((0, plan.steps + 1))
+    return Share(
+        truth={key: empty for key in (*ORDER_KEYS, "energy", "energy_stored")},
+        model={key: empty for key in (*ORDER_KEYS, "energy")} if with_model else None,
+        squared_errors={key: np.zeros(plan.steps + 1) for key in RMSE_KEYS} if with_model else None,
+        pattern=None,
+        rollout_seconds=0.0,
+        baseline={"seconds": 0.0, "trajectory_steps": 0},
+    )
+
+
+def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate | None, device: torch.device,
+                   batch_size: int, bf16: bool) -> Share:
+    """Read, roll out and reduce this rank's trajectories (``positions`` into ``plan.indices``) in batches."""
+    indices = [plan.indices[i] for i in positions]
+    if not indices:
+        return _empty_share(plan, model is not None)
+    if model is not None:
+        first = split.read_many(indices[:1], 0, 1)
+        roll_out(model, {k: v[:, 0] for k, v in first.items()}, 1, device, bf16)  # warm-up, untimed
+    truth_parts, model_parts, error_parts, initial_parts, landing = [], [], [], [], []
+    pattern, rollout_seconds = None, 0.0
+    for start in range(0, len(indices), batch_size):
+        data = split.read_many(indices[start:start + batch_size], 0, plan.steps + 1, (*STATE_KEYS, "energy"))
+        truth = tuple(data[key] for key in STATE_KEYS)
+        truth_parts.append({**state_series(*truth, plan), "energy_stored": data["energy"].astype(np.float64)})
+        initial_parts.append({key: x[:, 0] for key, x in zip(STATE_KEYS, truth)})
+        landing.append({"Q": data["Q"][:, plan.baseline_steps]})  # where the exact simulator should land
+        first_batch_of_all = start == 0 and positions.start == 0
+        if first_batch_of_all:
+            pattern = {"truth": staggered_density(data["rho"][0])}
+        if model is not None:
+            pred, seconds = roll_out(model, initial_parts[-1], plan.steps, device, bf16)
+            rollout_seconds += seconds
+            model_parts.append(state_series(*pred, plan))
+            error_parts.append(squared_error_sums(pred, truth))
+            if first_batch_of_all:
+                pattern["model"] = staggered_density(pred[0][0])
+    return Share(
+        truth=_concat(truth_parts),
+        model=_concat(model_parts) if model is not None else None,
+        squared_errors={k: np.sum([e[k] for e in error_parts], axis=0) for k in RMSE_KEYS} if error_parts else None,
+        pattern=pattern,
+        rollout_seconds=rollout_seconds,
+        baseline=time_exact_simulator(_concat(initial_parts), plan, _concat(landing)["Q"]),
+    )
+
+
+def time_exact_simulator(initial: Mapping[str, np.ndarray], plan: Plan, truth_Q: np.ndarray) -> dict[str, Any]:
+    """Advance this rank's initial states ``plan.baseline_steps`` snapshots with the exact RK4 and time it.
+
+    The numba kernel gets as many threads as torch uses here, so both sides of the speed-up use the
+    same cores. The final Q is compared with the stored snapshot as a check that data and simulator
+    agree: ~1e-7 for near-periodic (shallow) data; chaotic (deep) data amplifies the single-precision
+    rounding of the stored initial state, so there the difference grows with the horizon.
+    """
+    n = initial["Q"].shape[0]
+    if plan.baseline_steps == 0:
+        return {"seconds": 0.0, "trajectory_steps": 0}
+    rho, Q, P = (initial[k].astype(np.complex128 if k == "rho" else np.float64) for k in STATE_KEYS)
+    threads = torch.get_num_threads()
+    kwargs = {"g": plan.g_f, "K0": plan.K0, "eta": plan.eta, "threads": threads}
+    physics.make_stepper(rho[:1], Q[:1], P[:1], **kwargs).advance(1)  # JIT compile / cache load, untimed
+    stepper = physics.make_stepper(rho, Q, P, **kwargs)
+    start = time.perf_counter()
+    stepper.advance(plan.baseline_steps * plan.rk4_per_snapshot)
+    seconds = time.perf_counter() - start
+    final_Q = stepper.state()[1]
+    return {
+        "seconds": seconds,
+        "trajectory_steps": n * plan.baseline_steps,
+        "backend": type(stepper).__name__,
+        "threads": threads,
+        "final_Q_max_abs_diff_vs_data": float(np.max(np.abs(final_Q - truth_Q))),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Rank 0: merge and metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def merge_shares(shares: Sequence[Share]) -> Share:
+    """Concatenate in rank order (= trajectory order), add the error sums, keep the slowest timings."""
+    with_model = shares[0].model is not None
+    timed = [s.baseline for s in shares if s.baseline["trajectory_steps"] > 0]
+    baseline: dict[str, Any] = {
+        # Ranks run concurrently: the job takes as long as its slowest rank.
+        "seconds": max((b["seconds"] for b in timed), default=0.0),
+        "trajectory_steps": sum(b["trajectory_steps"] for b in timed),
+    }
+    if timed:
+        baseline.update(backend=timed[0]["backend"], threads_per_rank=timed[0]["threads"],
+                        final_Q_max_abs_diff_vs_data=max(b["final_Q_max_abs_diff_vs_data"] for b in timed))
+    return Share(
+        truth=_concat([s.truth for s in shares]),
+        model=_concat([s.model for s in shares]) if with_model else None,
+        squared_errors={k: np.sum([s.squared_errors[k] for s in shares], axis=0) for k in RMSE_KEYS}
+        if with_model else None,
+        pattern=next((s.pattern for s in shares if s.pattern is not None), None),
+        rollout_seconds=max(s.rollout_seconds for s in shares),
+        baseline=baseline,
+    )
+
+
+def _ranges(series: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    out = {}
+    for key in ORDER_KEYS:
+        x = series[key]
+        out[key] = {"min": float(np.min(x)), "max": float(np.max(x)), "max_range": float(np.max(np.ptp(x, axis=1)))}
+    return out
+
+
+def truth_metrics(merged: Share, plan: Plan) -> dict[str, Any]:
+    """Ground-truth statistics: autocorrelation, ranges, energy conservation (stored and recomputed)."""
+    truth = merged.truth
+    return {
+        "autocorr": {key: {"truth": autocorrelation(truth[key], plan.max_lag)} for key in ORDER_KEYS},
+        "ranges": {"truth": _ranges(truth)},
+        "energy_drift": {
+            # Recomputed from the stored (single-precision) snapshots exactly as for the model: its floor.
+            "truth": energy_drift(truth["energy"]),
+            # Recorded by the float64 integrator while generating: the simulator's own conservation.
+            "truth_integrator": energy_drift(truth["energy_stored"]),
+        },
+    }
+
+
+def _try(metric: str, notes: list[str], fn: Any, *args: Any) -> Any:
+    """A model metric that is undefined for these rollouts (e.g. a constant series) becomes null + a note."""
+    try:
+        return fn(*args)
+    except ValueError as exc:
+        notes.append(f"{metric}: {exc}")
+        return None
+
+
+def model_metrics(merged: Share, plan: Plan, report: dict[str, Any]) -> None:
+    """Add the model-vs-truth metrics to ``report`` (which already holds the truth metrics)."""
+    truth, model, notes = merged.truth, merged.model, report["notes"]
+    diverged = divergent_mask({k: model[k] for k in ORDER_KEYS}, {k: truth[k] for k in ORDER_KEYS},
+                              DIVERGENCE_FACTOR)
+    kept = ~diverged  # climate statistics use the rollouts that stayed in the physical range
+    report.update(divergent_fraction=float(np.mean(diverged)), divergent_rollouts=int(np.sum(diverged)),
+                  climate_rollouts=int(np.sum(kept)))
+    n, L = len(plan.indices), plan.L
+    counts = {"rho_diag": n * L, "rho_offdiag": n * L * (L - 1), "Q": n * L, "P": n * L}
+    report["rmse_by_step"] = {k: np.sqrt(merged.squared_errors[k] / counts[k]) for k in RMSE_KEYS}
+    for name in ("autocorr_max_abs_error", "autocorr_mean_abs_error", "wasserstein", "power_spectrum_distance"):
+        report[name] = {}
+    for key in ORDER_KEYS:
+        kept_series = model[key][kept]
+        c_truth = report["autocorr"][key]["truth"]
+        c_model = _try(f"autocorr.{key}.model", notes, autocorrelation, kept_series, plan.max_lag) \
+            if kept.any() else None
+        report["autocorr"][key]["model"] = c_model
+        gap = None if c_model is None else np.abs(c_model - c_truth)[1:]  # lag 0 is 1 on both sides
+        report["autocorr_max_abs_error"][key] = None if gap is None else float(np.max(gap, initial=0.0))
+        report["autocorr_mean_abs_error"][key] = None if gap is None or gap.size == 0 else float(np.mean(gap))
+        report["wasserstein"][key] = _try(f"wasserstein.{key}", notes, wasserstein1, kept_series, truth[key]) \
+            if kept.any() else None
+        report["power_spectrum_distance"][key] = _try(f"power_spectrum_distance.{key}", notes,
+                                                      power_spectrum_distance, kept_series, truth[key]) \
+            if kept.any() else None
+    report["energy_drift"]["model"] = energy_drift(model["energy"][kept]) if kept.any() else None
+    report["ranges"]["model"] = _ranges({k: v[kept] for k, v in model.items()}) if kept.any() else None
+    if not kept.any():
+        notes.append("every rollout diverged: climate metrics (autocorr, wasserstein, spectra, energy) are null")
+
+
+def timing_report(merged: Share, plan: Plan, world_size: int, wall_seconds: float, device: torch.device,
+                  with_model: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(surrogate timing, exact-simulator baseline) with throughput in rollout-steps per second."""
+    n_steps_total = len(plan.indices) * plan.steps
+    timing: dict[str, Any] = {"world_size": world_size, "device": device.type, "wall_seconds": wall_seconds}
+    surrogate_rate = None
+    if with_model and merged.rollout_seconds > 0:
+        surrogate_rate = n_steps_total / merged.rollout_seconds
+        timing.update(rollout_seconds=merged.rollout_seconds, rollout_steps_per_s=surrogate_rate,
+                      seconds_per_step_per_trajectory=1.0 / surrogate_rate)
+    base = dict(merged.baseline)
+    base.update(snapshot_steps=plan.baseline_steps, rk4_steps_per_snapshot=plan.rk4_per_snapshot)
+    if base["trajectory_steps"] > 0 and base["seconds"] > 0:
+        rate = base["trajectory_steps"] / base["seconds"]
+        base.update(rollout_steps_per_s=rate, seconds_per_snapshot_step_per_trajectory=1.0 / rate,
+                    estimated_seconds_for_all_rollouts=n_steps_total / rate)
+        if surrogate_rate is not None:
+            base["surrogate_speedup"] = surrogate_rate / rate
+    return timing, base
+
+
+def build_report(merged: Share, plan: Plan, identities: Mapping[str, Any], timing: Mapping[str, Any],
+                 baseline: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The report dict (numpy arrays still inside; ``jsonable`` converts)."""
+    with_model = merged.model is not None
+    report: dict[str, Any] = {
+        "schema": REPORT_SCHEMA,
+        "mode": "model" if with_model else "truth-only",
+        **identities,
+        "settings": dict(settings),
+        "notes": [],
+    }
+    report.update(truth_metrics(merged, plan))
+    if with_model:
+        model_metrics(merged, plan, report)
+    report["timing"] = dict(timing)
+    report["physics_baseline"] = dict(baseline)
+    return report
+
+
+def jsonable(obj: Any) -> Any:
+    """numpy -> lists and plain numbers; NaN/inf -> null (JSON has neither)."""
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary and entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """A short human-readable table of the headline numbers."""
+    data, timing, base = report["data"], report["timing"], report["physics_baseline"]
+    what = report["checkpoint"]["path"] + f" ({report['checkpoint']['format']})" if "checkpoint" in report \
+        else "ground truth only"
+    lines = [f"evaluated {what}", f"  on {data['path']} [{data['split']}]: {data['rollouts']} rollouts x "
+             f"{report['settings']['steps']} steps, L={data['L']}, {timing['world_size']} rank(s), "
+             f"{timing['wall_seconds']:.1f} s"]
+    if report["mode"] == "model":
+        rows = [("autocorr max |model-truth|", "autocorr_max_abs_error"),
+                ("autocorr mean |model-truth|", "autocorr_mean_abs_error"),
+                ("Wasserstein-1", "wasserstein"), ("spectrum distance", "power_spectrum_distance")]
+        lines.append(f"  {'':30s}{'charge':>12s}{'lattice':>12s}")
+        lines += [f"  {label:30s}{_fmt(report[key]['charge']):>12s}{_fmt(report[key]['lattice']):>12s}"
+                  for label, key in rows]
+        rmse = report["rmse_by_step"]
+        lines.append(f"  divergent fraction {report['divergent_fraction']:.3f}   RMSE at step 1 / "
+                     f"{report['settings']['steps']}: " + ", ".join(
+                         f"{k} {_fmt(rmse[k][1])}/{_fmt(rmse[k][-1])}" for k in RMSE_KEYS))
+        drift = report["energy_drift"]["model"]
+        lines.append(f"  energy drift max |E-E0|/L: model {_fmt(drift and drift['max_abs'])}, truth "
+                     f"{_fmt(report['energy_drift']['truth']['max_abs'])}")
+    else:
+        acf = report["autocorr"]
+        lines.append(f"  truth autocorr at lag {report['settings']['max_lag']}: charge "
+                     f"{_fmt(acf['charge']['truth'][-1])}, lattice {_fmt(acf['lattice']['truth'][-1])}; energy "
+                     f"drift (integrator) {_fmt(report['energy_drift']['truth_integrator']['max_abs'])}")
+    speed = f"  exact simulator {_fmt(base.get('rollout_steps_per_s'))} rollout-steps/s"
+    if "rollout_steps_per_s" in timing:
+        speed = (f"  surrogate {_fmt(timing['rollout_steps_per_s'])} rollout-steps/s, " + speed.strip()
+                 + f" -> speed-up {_fmt(base.get('surrogate_speedup'))}x")
+    return lines + [speed]
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise EvalError("--device cuda but no CUDA device is visible; pass --device cpu (or auto)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def open_inputs(opts: Options) -> tuple[Dataset, Split, Plan]:
+    ds = open_dataset(opts.data)
+    if opts.split not in ds.splits:
+        raise EvalError(f"--split {opts.split!r} is not in {ds.root} (it has {', '.join(ds.splits)}); pass --split "
+                        "with one of those")
+    split = ds.split(opts.split)
+    return ds, split, make_plan(opts, ds, split)
+
+
+def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Surrogate, dict[str, Any]]:
+    model = load_model(opts.checkpoint, device=device)
+    identity = checkpoint_identity(opts.checkpoint, model)
+    check_model_fits_data(identity, plan, opts.data)
+    if opts.bf16:
+        prepare_bf16(model)
+    return model, identity
+
+
+def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any] | None:
+    """Run this rank's share; on rank 0 return the report (written to ``opts.out``), elsewhere None."""
+    wall_start = time.perf_counter()
+    ds, split, plan = open_inputs(opts)
+    model, identities = None, {}
+    if not opts.truth_only:
+        model, identities["checkpoint"] = load_surrogate(opts, plan, device)
+    share = evaluate_share(split, plan, share_of(len(plan.indices), env.rank, env.world_size), model, device,
+                           opts.batch_size, opts.bf16)
+    shares = gather_objects_to_main(share)
+    if not env.is_main:
+        return None
+    merged = merge_shares(shares)
+    identities["data"] = data_identity(ds, opts.split, plan)
+    settings = {"steps": plan.steps, "max_lag": plan.max_lag, "batch_size": opts.batch_size, "bf16": opts.bf16,
+                "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
+    timing, baseline = timing_report(merged, plan, env.world_size, time.perf_counter() - wall_start, device,
+                                     model is not None)
+    report = build_report(merged, plan, identities, timing, baseline, settings)
+    write_outputs(report, merged, plan, opts.out)
+    return report
+
+
+def write_outputs(report: dict[str, Any], merged: Share, plan: Plan, out: Path) -> None:
+    """Plots and TensorBoard first (their paths go into the report), then report.json atomically."""
+    from holstein_dist.report import PlotData, write_plots, write_tensorboard
+
+    out.mkdir(parents=True, exist_ok=True)
+    traces = {kind: {k: series[k][:TRACE_TRAJECTORIES] for k in ORDER_KEYS}
+              for kind, series in (("truth", merged.truth), ("model", merged.model)) if series is not None}
+    plot_data = PlotData(report=report, traces=traces, pattern=merged.pattern, snapshot_dt=plan.snapshot_dt)
+    figures = write_plots(plot_data, out)
+    report["plots"] = {name: path.name for name, path in figures.items()}
+    write_tensorboard(plot_data, out / "tb")
+    write_json_atomic(out / "report.json", jsonable(report))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: one-line errors on stderr with exit status 2."""
+    try:
+        opts = parse_options(argv)
+        device = resolve_device(opts.device)
+        env = init_distributed(backend="gloo" if device.type == "cpu" else None)
+        if device.type == "cuda":
+            device = env.device  # this rank's GPU
+        try:
+            report = evaluate(opts, env, device)
+        finally:
+            shutdown()
+    except ValueError as exc:  # EvalError and the one-line ValueErrors of load_model / open_dataset
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    if report is not None:
+        print("\n".join(summary_lines(report)))
+        print(f"report: {opts.out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

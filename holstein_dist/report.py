@@ -1,0 +1,172 @@
+"""Plots and TensorBoard entries of an evaluation report (``holstein_dist.evaluate`` calls them on rank 0).
+
+Figures are built with matplotlib's object API on the Agg canvas, never through pyplot, so nothing
+here needs a display or touches global plotting state. The same figures go to PNG files and, as
+images, to TensorBoard next to the report's curves as scalar series.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+ORDER_LABELS = {"charge": r"charge order $\phi_n$", "lattice": r"lattice order $\phi_Q$"}
+RMSE_LABELS = {"rho_diag": r"$\rho$ diagonal", "rho_offdiag": r"$\rho$ off-diagonal", "Q": "Q", "P": "P"}
+SUMMARY_KEYS = ("autocorr_max_abs_error", "autocorr_mean_abs_error", "wasserstein", "power_spectrum_distance")
+
+
+@dataclasses.dataclass
+class PlotData:
+    """Everything the plots need: the report plus the few arrays too bulky for report.json."""
+
+    report: Mapping[str, Any]
+    traces: Mapping[str, Mapping[str, np.ndarray]]  # "truth"/"model" -> order key -> [k, T+1]
+    pattern: Mapping[str, np.ndarray] | None  # "truth"/"model" -> staggered density [T+1, L]
+    snapshot_dt: float
+
+
+def _figure(n_cols: int, n_rows: int = 1, width: float = 5.0, height: float = 3.6) -> Figure:
+    fig = Figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def autocorr_figure(data: PlotData) -> Figure:
+    """C(tau) of both order parameters, truth against model."""
+    fig = _figure(2)
+    for ax, key in zip(fig.subplots(1, 2), ORDER_LABELS):
+        curves = data.report["autocorr"][key]
+        lags = np.arange(len(curves["truth"])) * data.snapshot_dt
+        ax.plot(lags, curves["truth"], color="black", label="ground truth")
+        if curves.get("model") is not None:
+            ax.plot(lags, curves["model"], color="tab:red", linestyle="--", label="model")
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.set(title=f"autocorrelation of the {ORDER_LABELS[key]}", xlabel=r"lag $\tau$ (1/t)", ylabel=r"C($\tau$)")
+        ax.legend()
+    return fig
+
+
+def traces_figure(data: PlotData) -> Figure:
+    """Order parameters against time for the first few trajectories."""
+    truth = data.traces["truth"]
+    n_traj = truth["charge"].shape[0]
+    fig = _figure(n_traj, 2, width=4.5, height=3.0)
+    axes = np.asarray(fig.subplots(2, n_traj, squeeze=False))
+    for row, key in enumerate(ORDER_LABELS):
+        for col in range(n_traj):
+            ax = axes[row, col]
+            t = np.arange(truth[key].shape[1]) * data.snapshot_dt
+            ax.plot(t, truth[key][col], color="black", label="ground truth")
+            if "model" in data.traces:
+                ax.plot(t, data.traces["model"][key][col], color="tab:red", linestyle="--", label="model")
+            ax.set(title=f"rollout {col}", xlabel="time (1/t)", ylabel=ORDER_LABELS[key])
+    axes[0, 0].legend()
+    return fig
+
+
+def rmse_figure(data: PlotData) -> Figure:
+    """RMSE per state component against rollout step (step 0 is the exact input, so it starts at 1)."""
+    fig = _figure(1, width=6.0, height=4.0)
+    ax = fig.subplots()
+    for key, label in RMSE_LABELS.items():
+        values = np.asarray(data.report["rmse_by_step"][key], dtype=float)
+        ax.plot(np.arange(1, len(values)), values[1:], label=label)
+    ax.set(yscale="log", xlabel="rollout step (snapshot intervals)", ylabel="RMSE vs ground truth",
+           title="short-horizon accuracy")
+    ax.legend()
+    return fig
+
+
+def spacetime_figure(data: PlotData) -> Figure:
+    """The CDW pattern (-1)^i n_i against site and time: truth, model, and their difference on its own scale."""
+    truth = data.pattern["truth"]
+    panels = [("ground truth", truth)]
+    if "model" in data.pattern:
+        panels.append(("model", data.pattern["model"]))
+    t_max = (truth.shape[0] - 1) * data.snapshot_dt
+    extent = (-0.5, truth.shape[1] - 0.5, 0.0, t_max)
+    with_diff = "model" in data.pattern
+    fig = _figure(len(panels) + with_diff, width=4.0, height=5.0)
+    axes = np.atleast_1d(fig.subplots(1, len(panels) + with_diff))
+    scale = float(np.max(np.abs(truth))) or 1.0
+    for ax, (title, image) in zip(axes, panels):
+        shown = ax.imshow(image, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-scale, vmax=scale,
+                          extent=extent, interpolation="nearest")
+        ax.set(title=title, xlabel="site i", ylabel="time (1/t)")
+    fig.colorbar(shown, ax=list(axes[: len(panels)]), label=r"$(-1)^i n_i$")
+    if with_diff:
+        # Own colour scale: the error is orders of magnitude below the pattern and would vanish on its scale.
+        diff = data.pattern["model"] - truth
+        bound = float(np.max(np.abs(diff[np.isfinite(diff)]), initial=0.0)) or 1.0
+        shown = axes[-1].imshow(diff, aspect="auto", origin="lower", cmap="PuOr_r", vmin=-bound, vmax=bound,
+                                extent=extent, interpolation="nearest")
+        axes[-1].set(title="model - truth", xlabel="site i", ylabel="time (1/t)")
+        fig.colorbar(shown, ax=axes[-1], label="difference")
+    return fig
+
+
+def build_figures(data: PlotData) -> dict[str, Figure]:
+    """Name -> figure; the model-only plots are left out of a truth-only report."""
+    figures = {"autocorr": autocorr_figure(data), "traces": traces_figure(data)}
+    if "rmse_by_step" in data.report:
+        figures["rmse"] = rmse_figure(data)
+    if data.pattern is not None:
+        figures["spacetime"] = spacetime_figure(data)
+    return figures
+
+
+def write_plots(data: PlotData, out: Path) -> dict[str, Path]:
+    """Save every figure as ``<out>/<name>.png``; returns name -> path."""
+    paths = {}
+    for name, fig in build_figures(data).items():
+        paths[name] = Path(out) / f"{name}.png"
+        fig.savefig(paths[name], dpi=100)
+    return paths
+
+
+def _rgb(fig: Figure) -> np.ndarray:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3]
+
+
+def write_tensorboard(data: PlotData, log_dir: Path) -> None:
+    """Curves as scalar series (x = step or lag), headline numbers as scalars, figures as images."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    report = data.report
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
+        for key, curves in report["autocorr"].items():
+            for source, values in curves.items():
+                for lag, value in enumerate(values if values is not None else ()):
+                    writer.add_scalar(f"autocorr/{key}/{source}", float(value), lag)
+        for key, values in report.get("rmse_by_step", {}).items():
+            for step, value in enumerate(values):
+                writer.add_scalar(f"rmse/{key}", float(value), step)
+        for name in SUMMARY_KEYS:
+            for key, value in report.get(name, {}).items():
+                if value is not None:
+                    writer.add_scalar(f"summary/{name}/{key}", value, 0)
+        for name, value in _headline_scalars(report).items():
+            writer.add_scalar(f"summary/{name}", value, 0)
+        for name, fig in build_figures(data).items():
+            writer.add_image(f"plots/{name}", _rgb(fig), 0, dataformats="HWC")
+        identity = {key: report[key] for key in ("checkpoint", "data", "settings") if key in report}
+        writer.add_text("identity", "```\n" + json.dumps(identity, indent=1, default=str) + "\n```", 0)
+
+
+def _headline_scalars(report: Mapping[str, Any]) -> dict[str, float]:
+    values = {
+        "divergent_fraction": report.get("divergent_fraction"),
+        "rollout_steps_per_s": report["timing"].get("rollout_steps_per_s"),
+        "exact_rollout_steps_per_s": report["physics_baseline"].get("rollout_steps_per_s"),
+        "surrogate_speedup": report["physics_baseline"].get("surrogate_speedup"),
+    }
+    return {name: float(value) for name, value in values.items() if value is not None}

@@ -1,0 +1,635 @@
+"""Train a surrogate (SimpleCNN or PARC) with the curriculum of SPEC section 5.
+
+    python -m holstein_dist.train --config configs/train/tiny.yaml data=DIR run_dir=DIR [KEY=VALUE ...]
+
+The same command runs as one process, under ``torchrun --nproc_per_node N``, under ``srun`` (one task per
+GPU) and inside a submitit job (``python -m hpc.submit train ...``); ``hpc.dist`` works out which. Rank 0
+writes ``<run_dir>/config.yaml`` (the resolved config), ``<run_dir>/checkpoints/`` and the TensorBoard
+events in ``<run_dir>``. Re-running the command with the same ``run_dir`` resumes from the newest
+checkpoint; SIGUSR1/SIGUSR2 (Slurm's advance warning) checkpoint at the next step and requeue the job,
+SIGTERM checkpoints and exits.
+
+One optimizer step: take a batch of windows, add seeded noise to the first state, unroll the model on
+its own predictions for the stage's ``n_step`` snapshots, and sum over the unrolled steps the RMS errors
+of rho (diagonal, off-diagonal), Q and P - plus, for PARC, the same four terms between the
+differentiator's output and the exact derivative at each mid-interval state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from holstein_dist import config as config_io
+from holstein_dist.curriculum import Curriculum, Position, Stage
+from holstein_dist.data import (
+    EpochSampler,
+    RolloutWindows,
+    input_noise,
+    make_loader,
+    open_data,
+    stack_windows,
+    validation_indices,
+)
+from holstein_dist.model import FORMAT, ModelConfig, ResNetCNN, Surrogate, build_model, model_payload
+from hpc import checkpoint as ckpt
+from hpc import dist
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIGS = ROOT / "configs" / "model"
+COMPONENTS = ("rho_diag", "rho_off", "Q", "P")
+State = tuple[Tensor, Tensor, Tensor]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and gradient clipping (paper: lr 1e-4, weight decay 1e-5, clip 1.0)."""
+
+    lr: float = 1e-4
+    """Peak learning rate; the curriculum's schedule scales it (warm-ups, cosine cycles, floor)."""
+    weight_decay: float = 1e-5
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW moment decay rates."""
+    grad_clip: float = 1.0
+    """Largest global gradient norm; larger gradients are rescaled (unrolled training can explode)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run. In YAML, ``model`` may name a file in configs/model (``model: medium``)."""
+
+    data: str
+    """Dataset directory written by ``python -m holstein_dist.generate``."""
+    run_dir: str
+    """Output directory (config, checkpoints, TensorBoard). Re-use it to resume."""
+    model: ModelConfig
+    """Surrogate architecture."""
+    curriculum: Curriculum
+    """Stages (epochs, n_step, noise, epoch multiplier), epoch size and learning-rate cycle."""
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    """Optimizer settings."""
+    batch_size: int = 32
+    """Windows per rank per step; the global batch is batch_size x world_size."""
+    seed: int = 0
+    """Seeds initialization, window sampling, input noise and dropout; never time or pid."""
+    train_split: str = "train"
+    """Split the windows are drawn from."""
+    val_split: str = "val"
+    """Split for the validation rollout error."""
+    val_every: int = 1000
+    """Validate every this many steps (and at the end)."""
+    val_windows: int = 256
+    """Validation windows, spread evenly over the split and shared out across ranks (0 = all)."""
+    val_n_step: int = 16
+    """Rollout length of the validation error."""
+    ckpt_every: int = 1000
+    """Write a periodic checkpoint every this many steps (also after every validation and at the end)."""
+    keep: int = 3
+    """Periodic checkpoints kept besides best.pt."""
+    log_every: int = 50
+    """Log scalars (TensorBoard, and a line when not on a terminal) every this many steps."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 reads in the training process)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: the GPU hpc.dist assigned to this rank if CUDA is available, else CPU."""
+    bf16: bool = False
+    """bfloat16 autocast for the convolutions (GPU); the state and the loss stay float32."""
+    compile: bool = False
+    """torch.compile the surrogate (GPU)."""
+    grad_checkpoint: bool = False
+    """Recompute each unrolled step in the backward pass instead of storing it (long unrolls, big models)."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms: bit-reproducible runs and resumes (same thread count), slower."""
+    threads: int = 0
+    """torch intra-op threads per rank (0: torch's default)."""
+    max_steps: int = 0
+    """Stop after this global step (0: run the whole curriculum); a later run with a larger value resumes."""
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "val_every", "val_n_step", "ckpt_every", "keep", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}; it must be >= 1")
+        for name in ("val_windows", "num_workers", "threads", "max_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} is {getattr(self, name)}; it must be >= 0")
+
+
+def _model_file(ref: str, config_path: Path | None) -> Path:
+    candidates = [Path(ref)]
+    if config_path is not None:
+        candidates.append(config_path.parent / ref)
+    candidates.append(MODEL_CONFIGS / f"{ref}.yaml")
+    for path in candidates:
+        if path.is_file():
+            return path
+    names = ", ".join(sorted(p.stem for p in MODEL_CONFIGS.glob("*.yaml")))
+    raise config_io.ConfigError(f"model {ref!r} is neither a YAML file nor one of {names}; fix the model key")
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """TrainConfig from YAML + ``KEY=VALUE`` overrides; ``model: NAME`` pulls in configs/model/NAME.yaml."""
+    data = config_io.read_yaml(path) if path is not None else {}
+    extra = config_io.parse_overrides(overrides)
+    ref = extra.pop("model") if isinstance(extra.get("model"), str) else data.get("model")
+    if isinstance(ref, str):
+        data["model"] = config_io.read_yaml(_model_file(ref, Path(path) if path else None))
+    return config_io.from_dict(TrainConfig, config_io.merge(data, extra))
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def component_sq(pred: State, truth: State) -> tuple[Tensor, Tensor]:
+    """Per-component (rho diag, rho off-diag, Q, P) sums of squared errors over the batch, and counts."""
+    d_rho = pred[0] - truth[0]
+    sq_rho = d_rho.real.square() + d_rho.imag.square()
+    diag = torch.diagonal(sq_rho, dim1=-2, dim2=-1).sum()
+    sq_Q, sq_P = (pred[1] - truth[1]).square().sum(), (pred[2] - truth[2]).square().sum()
+    sums = torch.stack([diag, sq_rho.sum() - diag, sq_Q, sq_P])
+    B, L = truth[1].shape
+    counts = torch.tensor([B * L, B * L * (L - 1), B * L, B * L], dtype=sums.dtype, device=sums.device)
+    return sums, counts
+
+
+def rms_terms(pred: State, truth: State) -> Tensor:
+    """RMS error of each of the four components over the whole batch, shape [4]."""
+    sums, counts = component_sq(pred, truth)
+    return torch.sqrt(sums / counts)
+
+
+def rollout_loss(
+    states: list[State], derivatives: list[State] | None, batch: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """SPEC 4 loss: sum over steps k of the four RMS terms (+ four derivative terms for PARC).
+
+    Returns (total, state terms [4] summed over k, derivative terms [4] summed over k or None).
+    """
+    state_terms = sum(
+        rms_terms(s, (batch["rho"][:, k + 1], batch["Q"][:, k + 1], batch["P"][:, k + 1]))
+        for k, s in enumerate(states)
+    )
+    total = state_terms.sum()
+    deriv_terms = None
+    if derivatives is not None:
+        deriv_terms = sum(
+            rms_terms(d, (batch["drho"][:, k], batch["dQ"][:, k], batch["dP"][:, k])) for k, d in enumerate(derivatives)
+        )
+        total = total + deriv_terms.sum()
+    return total, state_terms, deriv_terms
+
+
+class Rollout(nn.Module):
+    """Unrolls a surrogate on its own predictions inside ONE forward call.
+
+    One forward per optimizer step is what DistributedDataParallel is built for, and it lets activation
+    checkpointing wrap each unrolled step. The surrogate is ``self.module`` so ``model.unwrap`` finds it.
+    """
+
+    def __init__(self, module: nn.Module, grad_checkpoint: bool = False) -> None:
+        super().__init__()
+        self.module = module
+        self.grad_checkpoint = grad_checkpoint
+
+    def _one(self, rho: Tensor, Q: Tensor, P: Tensor) -> tuple[Tensor, ...]:
+        nxt, derivative = self.module(rho, Q, P, return_derivative=True)
+        return (*nxt, *derivative) if derivative is not None else nxt
+
+    def forward(self, rho: Tensor, Q: Tensor, P: Tensor, n_step: int) -> tuple[list[State], list[State] | None]:
+        states, derivatives = [], []
+        state = (rho, Q, P)
+        for _ in range(n_step):
+            if self.grad_checkpoint and torch.is_grad_enabled():
+                out = activation_checkpoint(self._one, *state, use_reentrant=False)
+            else:
+                out = self._one(*state)
+            state = tuple(out[:3])
+            states.append(state)
+            if len(out) == 6:
+                derivatives.append(tuple(out[3:]))
+        return states, (derivatives or None)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class RunLog:
+    """Rank 0's outputs: TensorBoard scalars/images/hparams plus a tqdm bar (terminal) or plain lines (job)."""
+
+    def __init__(self, cfg: TrainConfig, env: dist.DistEnv, start_step: int, total_steps: int) -> None:
+        self.enabled = env.is_main
+        self.writer = None
+        self.bar = None
+        self.total = total_steps
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step hides events a killed run wrote after its last checkpoint, so curves don't fold back.
+        self.writer = SummaryWriter(cfg.run_dir, purge_step=start_step if start_step > 0 else None)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def hparams(self, cfg: TrainConfig, world_size: int, n_params: int) -> None:
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = {
+            **{f"model.{k}": v for k, v in config_io.to_dict(cfg.model).items()},
+            **{f"optim.{k}": str(v) if isinstance(v, list) else v for k, v in config_io.to_dict(cfg.optim).items()},
+            "batch_size": cfg.batch_size, "world_size": world_size, "seed": cfg.seed, "n_params": n_params,
+            "stages": len(cfg.curriculum.stages), "total_steps": cfg.curriculum.total_steps,
+            "bf16": cfg.bf16, "compile": cfg.compile,
+        }
+        for summary in hparams(flat, {"val/rollout_error": math.nan}):
+            self.writer.file_writer.add_summary(summary)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.enabled:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def image(self, step: int, tag: str, img: Tensor) -> None:
+        if self.enabled:
+            self.writer.add_image(tag, img, step)
+
+    def line(self, step: int, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+        else:
+            print(f"step {step}/{self.total} {text}", flush=True)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def cdw_image(pred_rho: Tensor, true_rho: Tensor) -> Tensor:
+    """Image [1, H, W] of the staggered density (-1)^i (n_i - 1/2) vs time: prediction | truth.
+
+    Time runs down, sites across; grey is 0, white/black the largest |value| of the truth.
+    """
+    def pattern(rho: Tensor) -> Tensor:
+        n = torch.diagonal(rho, dim1=-2, dim2=-1).real.float() - 0.5
+        return n * torch.tensor([1.0, -1.0]).repeat(n.shape[-1] // 2)
+
+    pred, true = pattern(pred_rho.cpu()), pattern(true_rho.cpu())
+    scale = true.abs().max().clamp_min(1e-12)
+    gap = torch.zeros(pred.shape[0], 2)
+    img = torch.cat([pred, gap, true], dim=1) / (2 * scale) + 0.5
+    zoom = max(1, 256 // img.shape[1])
+    return img.clamp(0, 1).repeat_interleave(zoom, 0).repeat_interleave(zoom, 1).unsqueeze(0)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """How a run ended."""
+
+    status: Literal["finished", "preempted"]
+    """``finished``: reached the end (or max_steps); ``preempted``: stopped by a signal after a checkpoint."""
+    step: int
+    """Global steps completed."""
+    best_metric: float
+    """Lowest validation rollout error seen (inf if never validated)."""
+    requeued: bool = False
+    """The Slurm job was requeued and will resume from the checkpoint."""
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of the global torch RNG for one step (dropout): a pure function, so resumes replay it."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _cast_to_float(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+    # Under bf16 autocast the CNN returns bfloat16, and there is no bfloat16 complex dtype for rho.
+    return output.float()
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule, data and outputs of one run; ``fit`` is the loop."""
+
+    def __init__(self, cfg: TrainConfig, env: dist.DistEnv, data: Any) -> None:
+        self.cfg, self.env, self.data = cfg, env, data
+        self.curriculum: Curriculum = cfg.curriculum
+        self.end = min(self.curriculum.total_steps, cfg.max_steps or self.curriculum.total_steps)
+        self.device = torch.device("cpu") if cfg.device == "cpu" else env.device
+        if cfg.device == "cuda" and self.device.type != "cuda":
+            raise ValueError("device=cuda but no GPU is visible; use device=auto or device=cpu")
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+        self.model: Surrogate = build_model(cfg.model, data.scales).to(self.device)
+        if cfg.bf16:
+            for module in self.model.modules():
+                if isinstance(module, ResNetCNN):
+                    module.register_forward_hook(_cast_to_float)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: self.curriculum.lr_factor(step)
+        )
+        self.checkpoints = ckpt.CheckpointManager(Path(cfg.run_dir) / "checkpoints", keep=cfg.keep)
+        self.step = self._resume()
+        core = torch.compile(self.model) if cfg.compile else self.model
+        rollout = Rollout(core, cfg.grad_checkpoint)
+        self.rollout: nn.Module = (
+            DistributedDataParallel(rollout, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if env.distributed else rollout
+        )
+        val = RolloutWindows(data, cfg.val_split, cfg.val_n_step, derivatives=False)
+        self.val_windows = val
+        self.val_indices = validation_indices(len(val), cfg.val_windows)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _resume(self) -> int:
+        path = self.checkpoints.latest()
+        if path is None:
+            return 0
+        payload = ckpt.load_checkpoint(path, required=("format", "model", "model_config", "optimizer", "scheduler"))
+        if payload["format"] != FORMAT:
+            raise ckpt.CheckpointError(
+                f"{path} has format {payload['format']!r}, expected {FORMAT!r}; use a fresh run_dir"
+            )
+        if payload["model_config"] != dataclasses.asdict(self.cfg.model):
+            raise ckpt.CheckpointError(
+                f"{path} holds a different model ({payload['model_config']}); use a fresh run_dir or the same model"
+            )
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ckpt.CheckpointError(f"{path} does not fit this run ({first}); use a fresh run_dir") from None
+        self.checkpoints.best_metric = float(payload.get("best_metric", math.inf))
+        rng = payload.get("rng")
+        if rng is not None and len(rng) == self.env.world_size:
+            ckpt.restore_rng_state(rng[self.env.rank])
+        if self.env.is_main:
+            print(f"resuming from {path} at step {payload['step']}", flush=True)
+        return int(payload["step"])
+
+    def save(self, metric: float | None = None) -> None:
+        """Checkpoint (collective: every rank contributes its RNG state; rank 0 writes)."""
+        rng = dist.gather_objects_to_main(ckpt.capture_rng_state())
+        if self.env.is_main:
+            payload = {
+                **model_payload(self.model),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                # Where the next step falls (None once the curriculum is done); the step alone determines it.
+                "curriculum_position": (
+                    dataclasses.asdict(self.curriculum.position(self.step))
+                    if self.step < self.curriculum.total_steps else None
+                ),
+                "rng": rng,
+                "world_size": self.env.world_size,
+                "config": config_io.to_dict(self.cfg),
+            }
+            self.checkpoints.save(payload, self.step, metric)
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, batch: dict[str, Tensor], stage: Stage, epoch: int, position: int) -> dict[str, Tensor]:
+        """Forward (unrolled), backward, clip, update. Returns detached loss terms (no host sync)."""
+        torch.manual_seed(step_seed(self.cfg.seed, self.env.rank, self.step))
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        rho, Q, P = batch["rho"][:, 0], batch["Q"][:, 0], batch["P"][:, 0]
+        if stage.noise > 0:
+            n_rho, n_Q, n_P = input_noise(batch, stage.noise, self.cfg.seed, self.env.rank, epoch, position)
+            rho, Q, P = rho + n_rho, Q + n_Q, P + n_P
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            states, derivatives = self.rollout(rho, Q, P, stage.n_step)
+        loss, state_terms, deriv_terms = rollout_loss(states, derivatives, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        terms = [loss.detach().reshape(1), state_terms.detach(), grad_norm.detach().reshape(1).to(loss.device)]
+        if deriv_terms is not None:
+            terms.append(deriv_terms.detach())
+        return {"terms": torch.cat(terms)}
+
+    def _scalars(self, summed: Tensor, count: int, stage: Stage, pos: Position, rate: float) -> dict[str, float]:
+        mean = (dist.all_reduce_mean(summed) / count).tolist()
+        out = {"train/loss": mean[0], "train/grad_norm": mean[5]}
+        out.update({f"train/{c}": v for c, v in zip(COMPONENTS, mean[1:5])})
+        out.update({f"train/deriv_{c}": v for c, v in zip(COMPONENTS, mean[6:10])})
+        out.update({
+            "lr": self.optimizer.param_groups[0]["lr"], "curriculum/stage": pos.stage,
+            "curriculum/n_step": stage.n_step, "curriculum/noise": stage.noise, "perf/samples_per_s": rate,
+        })
+        if self.device.type == "cuda":
+            out["perf/gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return out
+
+    # ------------------------------------------------------------------ validation
+
+    @torch.no_grad()
+    def validate(self, log: RunLog) -> float:
+        """Mean over rollout steps of the summed four-component RMS error on the validation windows.
+
+        Ranks split the windows; sums of squares and counts are reduced, so the result is the exact
+        mean over all windows whatever the world size.
+        """
+        self.model.eval()
+        n = self.cfg.val_n_step
+        sums = torch.zeros(n, 4, dtype=torch.float64)
+        counts = torch.zeros(n, 4, dtype=torch.float64)
+        mine = self.val_indices[self.env.rank :: self.env.world_size]
+        for lo in range(0, len(mine), self.cfg.batch_size):
+            batch = stack_windows(self.val_windows, mine[lo : lo + self.cfg.batch_size])
+            rho, Q, P = self.model.rollout(batch["rho"][:, 0], batch["Q"][:, 0], batch["P"][:, 0], n)
+            for k in range(1, n + 1):
+                pred = (rho[:, k], Q[:, k], P[:, k])
+                truth = tuple(batch[key][:, k].to(self.device) for key in ("rho", "Q", "P"))
+                s, c = component_sq(pred, truth)
+                sums[k - 1] += s.double().cpu()
+                counts[k - 1] += c.double().cpu()
+            if lo == 0 and self.env.is_main:
+                log.image(self.step, "val/cdw_pattern_pred_vs_true", cdw_image(rho[0], batch["rho"][0]))
+        sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
+        rmse = torch.sqrt(sums / counts)
+        error = float(rmse.sum(1).mean())
+        scalars = {"val/rollout_error": error}
+        scalars.update({f"val/rmse_first_{c}": float(v) for c, v in zip(COMPONENTS, rmse[0])})
+        scalars.update({f"val/rmse_last_{c}": float(v) for c, v in zip(COMPONENTS, rmse[-1])})
+        log.scalars(self.step, scalars)
+        self.model.train()
+        return error
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self, guard: ckpt.PreemptionGuard) -> RunResult:
+        """Train to the end of the curriculum (or max_steps), or until ``guard`` reports a signal."""
+        cfg, env = self.cfg, self.env
+        if env.is_main:
+            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            config_io.save_resolved(cfg, Path(cfg.run_dir) / "config.yaml")
+        log = RunLog(cfg, env, self.step, self.end)
+        if self.step == 0:
+            log.hparams(cfg, env.world_size, sum(p.numel() for p in self.model.parameters()))
+        self.model.train()
+        try:
+            return self._loop(log, guard)
+        finally:
+            log.close()
+
+    def _loop(self, log: RunLog, guard: ckpt.PreemptionGuard) -> RunResult:
+        cfg, env = self.cfg, self.env
+        train = {}  # windows datasets per n_step, built on first use
+        while self.step < self.end:
+            pos = self.curriculum.position(self.step)
+            stage = self.curriculum.stages[pos.stage]
+            if stage.n_step not in train:
+                train[stage.n_step] = RolloutWindows(self.data, cfg.train_split, stage.n_step)
+            windows = train[stage.n_step]
+            epoch_steps = self.curriculum.epoch_steps(pos.stage)
+            stop = min(epoch_steps, pos.step_in_epoch + self.end - self.step)
+            sampler = EpochSampler(
+                len(windows), cfg.batch_size, epoch_steps, cfg.seed, env.rank, pos.step_in_epoch, stop
+            )
+            sampler.set_epoch(pos.epoch)
+            loader = make_loader(windows, sampler, cfg.batch_size, cfg.num_workers, self.device.type == "cuda")
+            summed, count, tick = None, 0, time.perf_counter()
+            for batch_index, batch in enumerate(loader, start=pos.step_in_epoch):
+                out = self.train_step(batch, stage, pos.epoch, batch_index * cfg.batch_size)["terms"]
+                summed = out if summed is None else summed + out
+                count += 1
+                self.step += 1
+                log.advance()
+                if self.step % cfg.log_every == 0:
+                    rate = count * cfg.batch_size * env.world_size / (time.perf_counter() - tick)
+                    scalars = self._scalars(summed, count, stage, pos, rate)
+                    log.scalars(self.step, scalars)
+                    log.line(self.step, f"loss {scalars['train/loss']:.4g} lr {scalars['lr']:.3g} "
+                                        f"stage {pos.stage} n_step {stage.n_step} {rate:.1f} samples/s")
+                    summed, count, tick = None, 0, time.perf_counter()
+                result = self._boundary(log, guard)
+                if result is not None:
+                    return result
+        return RunResult("finished", self.step, self.checkpoints.best_metric)
+
+    def _boundary(self, log: RunLog, guard: ckpt.PreemptionGuard) -> RunResult | None:
+        """After a step: validate, checkpoint, and stop on a signal or at the end."""
+        cfg = self.cfg
+        at_end = self.step >= self.end
+        metric = None
+        if self.step % cfg.val_every == 0 or at_end:
+            metric = self.validate(log)
+            if self.env.is_main and math.isfinite(metric):
+                log.line(self.step, f"val rollout error {metric:.4g}")
+        stop = dist.any_rank(guard.requested)
+        if self.step % cfg.ckpt_every == 0 or metric is not None or at_end or stop:
+            self.save(metric)
+        if not stop:
+            return None
+        dist.barrier()  # every rank leaves after rank 0's checkpoint is on disk
+        wants_requeue = dist.any_rank(guard.wants_requeue)
+        requeued = ckpt.requeue_slurm_job() if wants_requeue and self.env.is_main else False
+        requeued = bool(dist.broadcast_object(requeued))
+        return RunResult("preempted", self.step, self.checkpoints.best_metric, requeued)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def configure_torch(cfg: TrainConfig) -> None:
+    """Threads and determinism, before any tensor work."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m holstein_dist.train",
+        description="Train a SimpleCNN/PARC surrogate; re-run with the same run_dir to resume.",
+    )
+    parser.add_argument("--config", required=True, help="train config YAML, e.g. configs/train/tiny.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data=DIR run_dir=DIR batch_size=8")
+    return parser.parse_args(argv)
+
+
+class SetupError(ValueError):
+    """The user's input (config, data directory, checkpoint) cannot start a run; one line, with the fix."""
+
+
+def setup(argv: Sequence[str] | None) -> tuple[TrainConfig, Any]:
+    """Parse and validate everything that does not need the process group: config and data directory."""
+    args = parse_args(argv)
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        configure_torch(cfg)
+        # Before joining the group: a bad path then fails on every rank alike instead of leaving peers hanging.
+        return cfg, open_data(cfg.data)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def run(argv: Sequence[str] | None = None) -> RunResult:
+    """Set up (distributed when launched so), train, leave the process group. Bad input: SetupError."""
+    cfg, data = setup(argv)
+    # Signals are caught from here on: a Slurm warning during start-up still ends in a checkpoint.
+    with ckpt.PreemptionGuard() as guard:
+        env = dist.init_distributed()
+        try:
+            try:
+                trainer = Trainer(cfg, env, data)
+            except ValueError as exc:  # incompatible checkpoint, missing split, model/data mismatch
+                raise SetupError(str(exc)) from None
+            return trainer.fit(guard)
+        finally:
+            dist.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: exit 0 when finished or checkpointed on a signal, 2 with a one-line error for bad input."""
+    try:
+        result = run(argv)
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result.status == "preempted":
+        print(f"stopped at step {result.step} by a signal; checkpoint written"
+              + ("; job requeued" if result.requeued else "; re-run the same command to resume"), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

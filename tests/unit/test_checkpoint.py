@@ -1,0 +1,210 @@
+"""Checkpoint files, RNG state, preemption signals, and resuming real training runs exactly."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from holstein_dist import train
+from holstein_dist.data import open_data, stack_windows
+from holstein_dist.model import load_model
+from hpc import checkpoint as ckpt
+from hpc import dist
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "configs/train/tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny deep-quench data set, generated once per session by the real command."""
+    out = tmp_path_factory.getbasetemp() / "tiny-data"
+    if not (out / "manifest.json").is_file():
+        cmd = [sys.executable, "-m", "holstein_dist.generate", "--config", str(ROOT / "configs/data/tiny.yaml"),
+               "--out", str(out), "--backend", "serial"]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_manager_keeps_the_latest_k_and_the_best(tmp_path):
+    manager = ckpt.CheckpointManager(tmp_path, keep=2)
+    assert manager.latest() is None
+    metrics = {10: 5.0, 20: 3.0, 30: None, 40: 4.0, 50: 2.5}
+    for step, metric in metrics.items():
+        manager.save({"weights": torch.full((3,), float(step))}, step, metric)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "step-00000040.pt", "step-00000050.pt"]
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-00000050.pt"
+    best = ckpt.load_checkpoint(tmp_path / "best.pt")
+    assert best["step"] == 50 and best["best_metric"] == 2.5
+    # A checkpoint written after a worse validation still records the best so far.
+    assert ckpt.load_checkpoint(tmp_path / "step-00000040.pt")["best_metric"] == 3.0
+
+
+def test_step_numbers_sort_numerically_beyond_eight_digits(tmp_path):
+    for step in (99_999_999, 100_000_000):
+        ckpt.atomic_save({"step": step}, tmp_path / ckpt.step_name(step))
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))["step"] == 100_000_000
+
+
+def test_atomic_save_leaves_no_temporary_and_ignores_stale_ones(tmp_path):
+    stale = tmp_path / ".step-00000001.pt.12345.tmp"
+    stale.write_bytes(b"half a file from a killed writer")
+    manager = ckpt.CheckpointManager(tmp_path, keep=1)
+    manager.save({"x": 1}, step=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001.pt"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"not a torch file", "is unreadable"), (None, "lacks ['step']")],
+)
+def test_bad_checkpoint_is_one_line_error(tmp_path, content, message):
+    path = tmp_path / "step-00000001.pt"
+    if content is None:
+        torch.save({"other": 1}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load_checkpoint(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_rng_state_round_trip():
+    state = ckpt.capture_rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(2))
+    ckpt.restore_rng_state(state)
+    again = (random.random(), np.random.rand(), torch.rand(2))
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def test_preemption_guard_records_signals_and_restores_handlers():
+    before = signal.getsignal(signal.SIGUSR1)
+    with ckpt.PreemptionGuard() as guard:
+        assert not guard.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert guard.requested and not guard.wants_requeue
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert guard.wants_requeue and guard.received == signal.SIGUSR1
+    assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_requeue_outside_slurm_does_nothing(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert ckpt.requeue_slurm_job() is False
+
+
+# --------------------------------------------------------------------------- real runs
+
+
+def test_trained_checkpoint_loads_with_load_model_and_gives_identical_outputs(tiny_data, tmp_path):
+    cfg = train.load_train_config(TINY, [f"data={tiny_data}", f"run_dir={tmp_path}", "model=small", "threads=0"])
+    env = dist.init_distributed()
+    try:
+        with ckpt.PreemptionGuard() as guard:
+            trainer = train.Trainer(cfg, env, open_data(tiny_data))
+            result = trainer.fit(guard)
+    finally:
+        dist.shutdown()
+    assert result.status == "finished" and result.step == 30
+    final = load_model(tmp_path / "checkpoints" / "step-00000030.pt")
+    best = load_model(tmp_path)  # a run directory resolves to checkpoints/best.pt
+    assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "best.pt")["best_metric"] == result.best_metric
+    batch = stack_windows(trainer.val_windows, np.arange(4))
+    x0 = (batch["rho"][:, 0], batch["Q"][:, 0], batch["P"][:, 0])
+    trainer.model.eval()
+    want = trainer.model.rollout(*x0, 5)
+    for got, w in zip(final.rollout(*x0, 5), want):
+        assert torch.equal(got, w)
+    assert type(best) is type(final)
+
+
+def _command(data: Path, run_dir: Path) -> list[str]:
+    # 180 steps (60 + 2 x 60), a checkpoint every 10, validation every 30; deterministic on one thread.
+    return [sys.executable, "-m", "holstein_dist.train", "--config", TINY, f"data={data}", f"run_dir={run_dir}",
+            "curriculum.batches_per_epoch=60", "ckpt_every=10", "val_every=30", "log_every=30", "keep=2",
+            "deterministic=true", "threads=1", "num_workers=1"]
+
+
+def _start(data: Path, run_dir: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return subprocess.Popen(_command(data, run_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _interrupt_after_first_checkpoint(proc: subprocess.Popen, run_dir: Path, sig: signal.Signals) -> None:
+    first = run_dir / "checkpoints" / "step-00000010.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.002)
+    proc.send_signal(sig)
+
+
+def _final(run_dir: Path) -> dict:
+    return ckpt.load_checkpoint(run_dir / "checkpoints" / "step-00000180.pt")
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] == 180 and a["best_metric"] == b["best_metric"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), key
+    assert a["scheduler"] == b["scheduler"]
+
+
+def test_killed_and_signalled_runs_resume_bit_identically(tiny_data, tmp_path):
+    """SIGKILL mid-run, or SIGUSR1 (Slurm's warning), then the same command again: the final weights and
+    optimizer state equal those of an uninterrupted run bit for bit."""
+    straight, killed, signalled = tmp_path / "straight", tmp_path / "killed", tmp_path / "signalled"
+    ref, victim = _start(tiny_data, straight), _start(tiny_data, killed)
+    _interrupt_after_first_checkpoint(victim, killed, signal.SIGKILL)
+    assert victim.wait(60) == -signal.SIGKILL
+    assert not (killed / "checkpoints" / "step-00000180.pt").exists(), "the run finished before the kill"
+    stopped_at = ckpt.load_checkpoint(ckpt.latest_checkpoint(killed / "checkpoints"))["step"]
+
+    usr1 = _start(tiny_data, signalled)
+    resumed = _start(tiny_data, killed)
+    _interrupt_after_first_checkpoint(usr1, signalled, signal.SIGUSR1)
+    out = usr1.communicate(timeout=120)[0]
+    assert usr1.returncode == 0, out
+    assert "stopped at step" in out and "re-run the same command to resume" in out
+    assert not (signalled / "checkpoints" / "step-00000180.pt").exists()
+    again = _start(tiny_data, signalled)
+
+    outputs = [proc.communicate(timeout=120)[0] for proc in (ref, resumed, again)]
+    assert [proc.returncode for proc in (ref, resumed, again)] == [0, 0, 0], outputs
+    assert f"at step {stopped_at}" in outputs[1] and "resuming from" in outputs[2]
+    _assert_identical(_final(straight), _final(killed))
+    _assert_identical(_final(straight), _final(signalled))
+
+
+def test_incompatible_or_corrupt_checkpoint_in_run_dir_is_one_line_error(tiny_data, tmp_path, capsys):
+    base = ["--config", TINY, f"data={tiny_data}", f"run_dir={tmp_path}", "threads=0", "max_steps=10"]
+    assert train.main(base) == 0
+    capsys.readouterr()
+    assert train.main([*base, "model=small", "max_steps=20"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a different model" in err and "fresh run_dir" in err and err.count("\n") == 1
+    (tmp_path / "checkpoints" / "step-00000010.pt").write_bytes(b"\x00" * 100)
+    assert train.main([*base, "max_steps=20"]) == 2
+    err = capsys.readouterr().err
+    assert "is unreadable" in err and err.count("\n") == 1

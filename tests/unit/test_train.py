@@ -1,0 +1,170 @@
+"""The training loss, the unrolled forward, and short real runs of the trainer on the tiny data set."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from holstein_dist import train
+from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "configs/train/tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny deep-quench data set, generated once per session by the real command."""
+    out = tmp_path_factory.getbasetemp() / "tiny-data"
+    if not (out / "manifest.json").is_file():
+        cmd = [sys.executable, "-m", "holstein_dist.generate", "--config", str(ROOT / "configs/data/tiny.yaml"),
+               "--out", str(out), "--backend", "serial"]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    return out
+
+
+def run_tiny(data: Path, run_dir: Path, *overrides: str) -> None:
+    """configs/train/tiny.yaml in this process (threads=1 as configured; the test process's setting is restored)."""
+    threads = torch.get_num_threads()
+    try:
+        assert train.main(["--config", TINY, f"data={data}", f"run_dir={run_dir}", *overrides]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def scalars(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def _random_state(B: int, L: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    rho = torch.complex(torch.randn(B, L, L, generator=gen), torch.randn(B, L, L, generator=gen))
+    return rho, torch.randn(B, L, generator=gen), torch.randn(B, L, generator=gen)
+
+
+def test_rms_terms_match_a_naive_formula():
+    gen = torch.Generator().manual_seed(0)
+    pred, truth = _random_state(3, 6, gen), _random_state(3, 6, gen)
+    got = train.rms_terms(pred, truth).numpy()
+    d = (pred[0] - truth[0]).numpy()
+    eye = np.eye(6, dtype=bool)
+    want = [
+        np.sqrt(np.mean(np.abs(d[:, eye]) ** 2)),
+        np.sqrt(np.mean(np.abs(d[:, ~eye]) ** 2)),
+        np.sqrt(np.mean((pred[1] - truth[1]).numpy() ** 2)),
+        np.sqrt(np.mean((pred[2] - truth[2]).numpy() ** 2)),
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_rollout_loss_sums_steps_and_adds_derivative_terms():
+    gen = torch.Generator().manual_seed(1)
+    B, L, n = 2, 4, 3
+    snaps = [_random_state(B, L, gen) for _ in range(n + 1)]
+    derivs = [_random_state(B, L, gen) for _ in range(n)]
+    batch = {k: torch.stack([s[i] for s in snaps], 1) for i, k in enumerate(("rho", "Q", "P"))}
+    batch.update({k: torch.stack([s[i] for s in derivs], 1) for i, k in enumerate(("drho", "dQ", "dP"))})
+    preds = [_random_state(B, L, gen) for _ in range(n)]
+    dpreds = [_random_state(B, L, gen) for _ in range(n)]
+    total, state_terms, deriv_terms = train.rollout_loss(preds, dpreds, batch)
+    want_state = sum(train.rms_terms(preds[k], snaps[k + 1]) for k in range(n))
+    want_deriv = sum(train.rms_terms(dpreds[k], derivs[k]) for k in range(n))
+    torch.testing.assert_close(state_terms, want_state)
+    torch.testing.assert_close(deriv_terms, want_deriv)
+    torch.testing.assert_close(total, want_state.sum() + want_deriv.sum())
+    total_simple, _, none = train.rollout_loss(preds, None, batch)
+    assert none is None
+    torch.testing.assert_close(total_simple, want_state.sum())
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    """Recomputing each unrolled step in backward (with its dropout masks) changes nothing numerically."""
+    scales = dict.fromkeys(SCALE_KEYS, 1.0)
+    gen = torch.Generator().manual_seed(2)
+    rho, Q, P = _random_state(2, 8, gen)
+    results = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig("parc", 8, 1), scales)
+        torch.manual_seed(5)
+        states, derivs = train.Rollout(model, grad_checkpoint=flag)(rho, Q, P, n_step=3)
+        loss = sum(s[0].abs().square().sum() + s[1].sum() + d[2].square().sum() for s, d in zip(states, derivs))
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- real runs
+
+
+def test_loss_decreases_on_the_tiny_data_set(tiny_data, tmp_path):
+    run_tiny(tiny_data, tmp_path / "run", "curriculum.batches_per_epoch=40",
+             "curriculum.stages=[{epochs: 3, n_step: 1, noise: 0.0}]", "val_every=20", "log_every=10")
+    acc = scalars(tmp_path / "run")
+    loss = [e.value for e in acc.Scalars("train/loss")]
+    val = [e.value for e in acc.Scalars("val/rollout_error")]
+    assert len(loss) == 12 and len(val) == 6
+    assert np.mean(loss[-3:]) < 0.85 * np.mean(loss[:2])
+    assert val[-1] < 0.9 * val[0]
+
+
+def test_tensorboard_tags_config_and_checkpoints(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    run_tiny(tiny_data, run_dir, "model=small")
+    acc = scalars(run_dir)
+    tags = set(acc.Tags()["scalars"])
+    expected = {"train/loss", "train/grad_norm", "lr", "curriculum/stage", "curriculum/n_step", "curriculum/noise",
+                "perf/samples_per_s", "val/rollout_error"}
+    expected |= {f"train/{c}" for c in train.COMPONENTS} | {f"train/deriv_{c}" for c in train.COMPONENTS}
+    assert expected <= tags, expected - tags
+    assert acc.Tags()["images"] == ["val/cdw_pattern_pred_vs_true"]
+    assert [e.value for e in acc.Scalars("curriculum/n_step")][-1] == 2
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    saved = train.load_train_config(run_dir / "config.yaml")
+    assert saved.model.kind == "parc" and saved.data == str(tiny_data) and saved.threads == 1
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["best.pt", "step-00000020.pt", "step-00000030.pt"]
+
+
+def test_bf16_and_gradient_checkpointing_flags_run_on_cpu(tiny_data, tmp_path):
+    run_tiny(tiny_data, tmp_path / "run", "model=small", "bf16=true", "grad_checkpoint=true", "max_steps=12")
+    losses = [e.value for e in scalars(tmp_path / "run").Scalars("train/loss")]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["bogus=1"], "unknown config key 'bogus'"),
+        (["batch_size=four"], "config key 'batch_size' must be an integer"),
+        (["curriculum.warmup_steps=500"], "warmup_steps (500) must be >= 0 and shorter than every stage"),
+        (["model.kind=rnn"], "config key 'model.kind' is 'rnn'"),
+        (["data=/nonexistent/tiny"], "data directory '/nonexistent/tiny' does not exist"),
+        (["val_split=test2"], "has no split 'test2'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, overrides, message):
+    argv = ["--config", TINY, f"data={tiny_data}", f"run_dir={tmp_path / 'run'}", "threads=0", *overrides]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_config_file_is_one_clear_line(tmp_path, capsys):
+    assert train.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1
