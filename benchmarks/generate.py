@@ -11,8 +11,8 @@ trajectories) with a local Dask cluster of 1 and of 2 worker processes and print
 
 Both runs must produce bit-identical data; the benchmark checks that too.
 
-    python benchmarks/generate.py [--config configs/data/deep_L32.yaml] [--trajectories 16]
-        [--shard-size 4] [--n-steps 500] [--workers 1 2] [--out DIR] [KEY=VALUE ...]
+    python benchmarks/generate.py [--config configs/data/deep_L32.yaml] [--trajectories 32]
+        [--shard-size 8] [--n-steps 250] [--workers 1 2] [--out DIR] [KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def same_data(a: Path, b: Path) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "data" / "deep_L32.yaml"))
-    p.add_argument("--trajectories", type=int, default=16)
-    p.add_argument("--shard-size", type=int, default=4)
-    p.add_argument("--n-steps", type=int, default=500)
+    p.add_argument("--trajectories", type=int, default=32)
+    p.add_argument("--shard-size", type=int, default=8)
+    p.add_argument("--n-steps", type=int, default=250)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--out", help="keep the datasets here (default: a temporary directory, removed)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")

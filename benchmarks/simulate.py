@@ -56,8 +56,8 @@ def cpu_name() -> str:
 
 
 def time_per_step(advance: Callable[[int], None], sync: Callable[[], None], repeats: int, seconds: float,
-                  warmup_steps: int = 3) -> float:
-    """Median seconds per ``advance(1)``: warm up, size a run to ~``seconds``, time ``repeats`` runs."""
+                  warmup_steps: int = 3) -> list[float]:
+    """Seconds per ``advance(1)`` of ``repeats`` timed runs (after a warm-up), each sized to ~``seconds``."""
     advance(warmup_steps)  # compilation, allocation, first touch
     sync()
     n = 1
@@ -76,11 +76,11 @@ def time_per_step(advance: Callable[[int], None], sync: Callable[[], None], repe
         advance(n)
         sync()
         times.append((time.perf_counter() - start) / n)
-    return statistics.median(times)
+    return times
 
 
 def make(backend: str, L: int, batch: int, threads: int | None):
-    """``(advance, sync, final_state)`` for one backend on a fresh batch."""
+    """``(advance, sync, state)`` for one backend on a fresh batch (``sync`` waits for the device)."""
     rho, Q, P = initial_batch(L, batch)
     if backend == "numba":
         stepper = ph.make_stepper(rho, Q, P, g=1.0, backend="numba", threads=threads)
@@ -95,7 +95,7 @@ def make(backend: str, L: int, batch: int, threads: int | None):
         return stepper.advance, (lambda: None), stepper.state
     stepper = ph.TorchStepper(rho, Q, P, g=1.0, dt=ph.DT_DEFAULT, K0=ph.K0_DEFAULT, eta=ph.ETA_DEFAULT,
                               device="cuda")
-    return stepper.advance, torch.cuda.synchronize, (lambda: tuple(x.cpu().numpy() for x in stepper.state()))
+    return stepper.advance, torch.cuda.synchronize, stepper.state
 
 
 class torch_threads:
@@ -163,7 +163,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     n_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     rows = []
     for backend in backends:
-        modes = [("1 core", 1), (f"{n_cores} cores", n_cores)] if backend != "cuda" else [("GPU", None)]
+        if backend == "cuda":
+            modes = [("GPU", None)]
+        elif backend == "numba1":  # one trajectory is one chunk: a single thread whatever the machine
+            modes = [("1 core", 1)]
+        else:
+            modes = [("1 core", 1), (f"{n_cores} cores", n_cores)]
         for L in args.L:
             dev = deviation("numba" if backend == "numba1" else backend, L)
             for label, threads in modes:
@@ -178,16 +183,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 kind = "numba" if backend == "numba1" else backend
                 with torch_threads(threads if kind == "torch" else None):
                     advance, sync, _ = make(kind, L, batch, threads if kind == "numba" else None)
-                    seconds = time_per_step(advance, sync, args.repeats, args.seconds)
-                us = seconds / batch * 1e6
+                    runs = [t / batch * 1e6 for t in time_per_step(advance, sync, args.repeats, args.seconds)]
+                us = statistics.median(runs)
                 rows.append({
                     "backend": backend, "cores": label, "threads": threads, "batch": batch, "L": L,
-                    "us_per_trajectory_step": us, "reference_cpp_us": REFERENCE_US.get(L),
+                    "us_per_trajectory_step": us, "us_runs": runs, "reference_cpp_us": REFERENCE_US.get(L),
                     "speedup_vs_cpp": REFERENCE_US[L] / us if L in REFERENCE_US else None,
                     "max_dev_vs_numpy": dev,
                 })
-                print(f"  {backend:6s} {label:8s} L={L:3d} batch={batch:5d}: {us:9.3f} us/trajectory/step",
-                      flush=True)
+                print(f"  {backend:6s} {label:8s} L={L:3d} batch={batch:5d}: {us:9.3f} us/trajectory/step "
+                      f"(runs {min(runs):.3g}..{max(runs):.3g})", flush=True)
 
     print()
     print(f"RK4 step cost, median of {args.repeats} runs; {cpu_name()}")

@@ -72,8 +72,8 @@ def chunk_width(L: int, B: int, threads: int) -> tuple[int, int]:
     _, _, NS, _, _, NB = layout(L, 1)
     per_lane = 8 * (4 * NB + NS)
     w_max = max(1, min(MAX_WIDTH, CHUNK_BYTES // per_lane))
-    n_chunks = max(-(-B // w_max), min(B, max(1, threads)))
-    return -(-B // n_chunks), n_chunks
+    W = -(-B // max(-(-B // w_max), min(B, max(1, threads))))
+    return W, -(-B // W)
 
 
 if AVAILABLE:

@@ -45,7 +45,6 @@ from holstein_dist.metrics import (
 )
 
 # _checkpoint_in_run: the run-directory resolution load_model uses, so the hashed file is the loaded one.
-from holstein_dist.model import FORMAT as OUR_FORMAT
 from holstein_dist.model import ResNetCNN, Surrogate, _checkpoint_in_run, load_model
 from holstein_dist.shards import (
     MANIFEST,
@@ -235,8 +234,6 @@ def checkpoint_identity(path: Path, model: Surrogate) -> dict[str, Any]:
     return {
         "path": str(path.resolve()),
         "format": fmt,
-        "format_detail": "original reference (model_kwargs.json + model_weights.pth)" if fmt == "original"
-        else OUR_FORMAT,
         "weights_file": str(weights.resolve()),
         "sha256": file_sha256(weights),
         "model_config": dataclasses.asdict(model.config),
@@ -703,9 +700,9 @@ def write_outputs(report: dict[str, Any], merged: Share, plan: Plan, out: Path) 
     traces = {kind: {k: series[k][:TRACE_TRAJECTORIES] for k in ORDER_KEYS}
               for kind, series in (("truth", merged.truth), ("model", merged.model)) if series is not None}
     plot_data = PlotData(report=report, traces=traces, pattern=merged.pattern, snapshot_dt=plan.snapshot_dt)
-    figures = write_plots(plot_data, out)
-    report["plots"] = {name: path.name for name, path in figures.items()}
-    write_tensorboard(plot_data, out / "tb")
+    pngs = write_plots(plot_data, out)
+    report["plots"] = {name: path.name for name, path in pngs.items()}
+    write_tensorboard(plot_data, pngs, out / "tb")
     write_json_atomic(out / "report.json", jsonable(report))
 
 

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +269,6 @@ class RunSummary:
     """What one invocation did; ``traj_steps`` counts RK4 steps of single trajectories."""
 
     root: Path
-    backend: str
     workers: int
     shards_done: int = 0
     shards_skipped: int = 0
@@ -280,7 +279,6 @@ class RunSummary:
     write_s: float = 0.0
     wall_s: float = 0.0
     dataset_bytes: int = 0
-    workers_seen: set[str] = field(default_factory=set)
 
     def add(self, result: ShardResult) -> None:
         self.shards_done += 1
@@ -289,7 +287,6 @@ class RunSummary:
         self.traj_steps += result.traj_steps
         self.compute_s += result.compute_s
         self.write_s += result.write_s
-        self.workers_seen.add(result.worker)
 
     @property
     def traj_steps_per_s(self) -> float:
@@ -302,6 +299,9 @@ class RunSummary:
         return self.write_s / busy if busy > 0 else 0.0
 
     def describe(self) -> str:
+        if not self.shards_done:
+            return (f"done: all {self.shards_skipped} shards were complete ({self.dataset_bytes / 1e6:.1f} MB) "
+                    f"-> {self.root}")
         return (f"done: {self.trajectories} trajectories in {self.shards_done} shards "
                 f"({self.shards_skipped} already complete), {self.bytes / 1e6:.1f} MB written "
                 f"(dataset {self.dataset_bytes / 1e6:.1f} MB), wall {self.wall_s:.1f} s, "
@@ -323,15 +323,15 @@ def run(cfg: DataConfig, root: Path, fanout: Fanout, *, task: Callable[[ShardTas
         return None
     start = time.perf_counter()
     root = Path(root)
+    if root.is_dir() and not (root / MANIFEST).exists():
+        check_fresh_directory(root)  # before the lock file: leave a foreign directory exactly as it was
     root.mkdir(parents=True, exist_ok=True)
     with exclusive(root):
         plan = prepare_output(root, cfg)
-        summary = RunSummary(root, fanout.name, 1, shards_skipped=len(plan.manifest["shards"]) - len(plan.todo))
+        summary = RunSummary(root, 1, shards_skipped=len(plan.manifest["shards"]) - len(plan.todo))
         if plan.todo:
             interactive = sys.stderr.isatty() if interactive is None else interactive
             execute(plan, root, cfg, fanout, task, summary, interactive)
-        else:
-            log(f"nothing to do: all {len(plan.manifest['shards'])} shards of {root} are complete")
         if virtual:
             for split in SPLIT_NAMES:
                 if cfg.splits.count(split) and (plan.todo or not (root / f"{split}.h5").exists()):

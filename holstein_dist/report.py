@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import imread
 
 ORDER_LABELS = {"charge": r"charge order $\phi_n$", "lattice": r"lattice order $\phi_Q$"}
 RMSE_LABELS = {"rho_diag": r"$\rho$ diagonal", "rho_offdiag": r"$\rho$ off-diagonal", "Q": "Q", "P": "P"}
@@ -78,7 +79,8 @@ def rmse_figure(data: PlotData) -> Figure:
     for key, label in RMSE_LABELS.items():
         values = np.asarray(data.report["rmse_by_step"][key], dtype=float)
         ax.plot(np.arange(1, len(values)), values[1:], label=label)
-    ax.set(yscale="log", xlabel="rollout step (snapshot intervals)", ylabel="RMSE vs ground truth",
+    # Log-log: the first steps (short-horizon accuracy) get as much room as the long tail.
+    ax.set(xscale="log", yscale="log", xlabel="rollout step (snapshot intervals)", ylabel="RMSE vs ground truth",
            title="short-horizon accuracy")
     ax.legend()
     return fig
@@ -131,14 +133,12 @@ def write_plots(data: PlotData, out: Path) -> dict[str, Path]:
     return paths
 
 
-def _rgb(fig: Figure) -> np.ndarray:
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3]
+def write_tensorboard(data: PlotData, pngs: Mapping[str, Path], log_dir: Path) -> None:
+    """Curves as scalar series (x = step or lag), headline numbers as scalars, the PNGs as images.
 
-
-def write_tensorboard(data: PlotData, log_dir: Path) -> None:
-    """Curves as scalar series (x = step or lag), headline numbers as scalars, figures as images."""
+    The images are read back from the PNG files rather than drawn again: layout and rendering are
+    most of the cost of a report.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     report = data.report
@@ -156,8 +156,8 @@ def write_tensorboard(data: PlotData, log_dir: Path) -> None:
                     writer.add_scalar(f"summary/{name}/{key}", value, 0)
         for name, value in _headline_scalars(report).items():
             writer.add_scalar(f"summary/{name}", value, 0)
-        for name, fig in build_figures(data).items():
-            writer.add_image(f"plots/{name}", _rgb(fig), 0, dataformats="HWC")
+        for name, path in pngs.items():
+            writer.add_image(f"plots/{name}", imread(path)[..., :3], 0, dataformats="HWC")
         identity = {key: report[key] for key in ("checkpoint", "data", "settings") if key in report}
         writer.add_text("identity", "```\n" + json.dumps(identity, indent=1, default=str) + "\n```", 0)
 
@@ -170,3 +170,38 @@ def _headline_scalars(report: Mapping[str, Any]) -> dict[str, float]:
         "surrogate_speedup": report["physics_baseline"].get("surrogate_speedup"),
     }
     return {name: float(value) for name, value in values.items() if value is not None}
+
+
+# Sections that depend on the machine, the launch or the file layout, not on the rollouts.
+VOLATILE_SECTIONS = ("timing", "physics_baseline", "settings", "plots")
+
+
+def _numbers(node: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _numbers(value, f"{prefix}{key}.", out)
+    elif not isinstance(node, (str, bool)):
+        try:
+            out[prefix.rstrip(".")] = np.asarray(node, dtype=float)  # None (null) becomes NaN
+        except (TypeError, ValueError):
+            pass  # lists of text (notes) are not numbers
+
+
+def numeric_differences(a: Mapping[str, Any], b: Mapping[str, Any], *, rtol: float, atol: float,
+                        ignore: tuple[str, ...] = VOLATILE_SECTIONS) -> list[str]:
+    """Dotted keys whose numbers differ between two reports beyond ``atol + rtol * |b|``.
+
+    Keys present in only one report and shape mismatches count as differences; null matches null.
+    Top-level sections named in ``ignore`` are skipped. An empty list means the reports agree, e.g.
+    the same evaluation run with different numbers of ranks.
+    """
+    flat_a: dict[str, np.ndarray] = {}
+    flat_b: dict[str, np.ndarray] = {}
+    _numbers({k: v for k, v in a.items() if k not in ignore}, "", flat_a)
+    _numbers({k: v for k, v in b.items() if k not in ignore}, "", flat_b)
+    differ = set(flat_a) ^ set(flat_b)
+    for key in set(flat_a) & set(flat_b):
+        x, y = flat_a[key], flat_b[key]
+        if x.shape != y.shape or not np.allclose(x, y, rtol=rtol, atol=atol, equal_nan=True):
+            differ.add(key)
+    return sorted(differ)

@@ -146,10 +146,6 @@ class DataConfig:
         return self.transient_steps + int(phase) + self.n_steps * self.save_interval
 
 
-def load_data_config(data: dict[str, Any]) -> DataConfig:
-    return from_dict(DataConfig, data)
-
-
 def storage_dtypes(precision: str) -> tuple[np.dtype, np.dtype]:
     """(complex dtype of rho, real dtype of Q/P) on disk."""
     if precision == "double":
@@ -494,7 +490,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 def manifest_config(manifest: dict[str, Any], where: Path) -> DataConfig:
     try:
-        return load_data_config(manifest["config"])
+        return from_dict(DataConfig, manifest["config"])
     except (ConfigError, KeyError, TypeError) as exc:
         raise ValueError(f"{where}/{MANIFEST} holds an invalid config ({exc}); regenerate the dataset") from None
 

@@ -402,6 +402,7 @@ class Trainer:
 
     def save(self, metric: float | None = None) -> None:
         """Checkpoint (collective: every rank contributes its RNG state; rank 0 writes)."""
+        improved = self.checkpoints.update_best(metric)  # on every rank, so all report the same best
         rng = dist.gather_objects_to_main(ckpt.capture_rng_state())
         if self.env.is_main:
             payload = {
@@ -417,7 +418,7 @@ class Trainer:
                 "world_size": self.env.world_size,
                 "config": config_io.to_dict(self.cfg),
             }
-            self.checkpoints.save(payload, self.step, metric)
+            self.checkpoints.save(payload, self.step, best=improved)
 
     # ------------------------------------------------------------------ one step
 
@@ -499,8 +500,12 @@ class Trainer:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             config_io.save_resolved(cfg, Path(cfg.run_dir) / "config.yaml")
         log = RunLog(cfg, env, self.step, self.end)
+        n_params = sum(p.numel() for p in self.model.parameters())
         if self.step == 0:
-            log.hparams(cfg, env.world_size, sum(p.numel() for p in self.model.parameters()))
+            log.hparams(cfg, env.world_size, n_params)
+        if env.is_main:
+            print(f"training {cfg.model.kind} ({n_params:,} parameters) on {env.world_size} rank(s), "
+                  f"device {self.device}, steps {self.step}..{self.end} of {self.curriculum.total_steps}", flush=True)
         self.model.train()
         try:
             return self._loop(log, guard)
@@ -560,6 +565,9 @@ class Trainer:
         wants_requeue = dist.any_rank(guard.wants_requeue)
         requeued = ckpt.requeue_slurm_job() if wants_requeue and self.env.is_main else False
         requeued = bool(dist.broadcast_object(requeued))
+        if self.env.is_main:
+            then = "job requeued" if requeued else "re-run the same command to resume"
+            print(f"stopped at step {self.step} by a signal; checkpoint written; {then}", flush=True)
         return RunResult("preempted", self.step, self.checkpoints.best_metric, requeued)
 
 
@@ -583,7 +591,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", required=True, help="train config YAML, e.g. configs/train/tiny.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data=DIR run_dir=DIR batch_size=8")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # options may come after the KEY=VALUE overrides
 
 
 class SetupError(ValueError):
@@ -621,13 +629,10 @@ def run(argv: Sequence[str] | None = None) -> RunResult:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: exit 0 when finished or checkpointed on a signal, 2 with a one-line error for bad input."""
     try:
-        result = run(argv)
+        run(argv)
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if result.status == "preempted":
-        print(f"stopped at step {result.step} by a signal; checkpoint written"
-              + ("; job requeued" if result.requeued else "; re-run the same command to resume"), flush=True)
     return 0
 
 

@@ -143,18 +143,25 @@ class CheckpointManager:
         """Newest periodic checkpoint, or None for a fresh directory."""
         return latest_checkpoint(self.directory)
 
-    def save(self, payload: Mapping[str, Any], step: int, metric: float | None = None) -> Path:
-        """Write ``step-<step>.pt`` (and ``best.pt`` when ``metric`` beats every earlier one), then prune.
+    def update_best(self, metric: float | None) -> bool:
+        """Record a validation metric; True if it beats every earlier one (then ``save(..., best=True)``).
+
+        Pure bookkeeping, so every rank can call it and agree on the best so far; only one rank saves.
+        """
+        if metric is None or not math.isfinite(metric) or metric >= self.best_metric:
+            return False
+        self.best_metric = float(metric)
+        return True
+
+    def save(self, payload: Mapping[str, Any], step: int, best: bool = False) -> Path:
+        """Write ``step-<step>.pt`` (and the same bytes as ``best.pt`` when ``best``), then prune.
 
         The payload gets ``step`` and ``best_metric`` added, so a resumed manager knows the best so far.
         """
-        improved = metric is not None and math.isfinite(metric) and metric < self.best_metric
-        if improved:
-            self.best_metric = float(metric)
         data = serialize({**payload, "step": step, "best_metric": self.best_metric})
         path = self.directory / step_name(step)
         atomic_write_bytes(data, path)
-        if improved:
+        if best:
             atomic_write_bytes(data, self.directory / BEST_NAME)
         self._prune()
         return path

@@ -7,13 +7,15 @@ collective helpers below, which are no-ops in a single process so callers never 
 Launcher detection, in order:
 
 1. ``RANK`` and ``WORLD_SIZE`` set (torchrun, or a job that exported them): ``env://`` as given.
-2. Inside a Slurm job *step* (``srun``; ``SLURM_STEP_ID`` set) with more than one task: rank, world size
-   and local rank from ``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``/``SLURM_LOCALID`` via
-   ``submitit.helpers.TorchDistributedEnvironment``; ``MASTER_ADDR`` is the first node of the job
-   (``127.0.0.1`` when the step runs on one node) and ``MASTER_PORT`` is derived from the job id, so a
-   requeued job finds the same rendezvous. A batch script's own shell (no step id) is NOT a rank: running
-   python there without ``srun`` gives one process instead of a hang waiting for missing peers.
-3. Otherwise: one process, no process group.
+2. Inside a Slurm job *step* (``srun``, also under submitit; ``SLURM_STEP_ID`` set) with more than one
+   task: rank, world size and local rank from ``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``/``SLURM_LOCALID``;
+   ``MASTER_ADDR`` is the first node of the step (``127.0.0.1`` when it runs on one node) and
+   ``MASTER_PORT`` is derived from the job id, so a requeued job finds the same rendezvous. A batch
+   script's own shell (no step id) is NOT a rank: running python there without ``srun`` gives one process
+   instead of a hang waiting for peers that never start. ``MASTER_ADDR``/``MASTER_PORT`` already set win.
+3. A submitit *local* job (``SUBMITIT_EXECUTOR=local``) with more than one task: the same via submitit's
+   helper, on 127.0.0.1.
+4. Otherwise: one process, no process group.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import subprocess
 from typing import Any
 
 import torch
@@ -67,23 +70,47 @@ def _in_slurm_step() -> bool:
     return "SLURM_JOB_ID" in os.environ and ("SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ)
 
 
+def _in_local_submitit_job() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "local" and _int_env("SUBMITIT_LOCAL_NTASKS", 1) > 1
+
+
+def _first_host(nodelist: str) -> str:
+    """First hostname of a Slurm node list such as ``gpu[003-004,010]`` (scontrol knows the syntax)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        out = None
+    if out is None or out.returncode != 0 or not out.stdout.split():
+        raise RuntimeError(f"cannot expand SLURM node list {nodelist!r} with scontrol; set MASTER_ADDR yourself")
+    return out.stdout.split()[0]
+
+
 def _export_slurm_env() -> None:
     """Translate a multi-task Slurm step into the ``env://`` variables torch.distributed reads."""
+    # The step's task count, not the allocation's: `srun -n 1` inside a bigger job is one rank.
+    world = _int_env("SLURM_STEP_NUM_TASKS", _int_env("SLURM_NTASKS", 1))
+    nodes = _int_env("SLURM_STEP_NUM_NODES", _int_env("SLURM_NNODES", 1))
+    if "MASTER_ADDR" not in os.environ:
+        # One node: loopback always resolves, whatever the site's hostname setup.
+        nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
+        os.environ["MASTER_ADDR"] = "127.0.0.1" if nodes == 1 else _first_host(nodelist)
+    # A port from the job id: every rank derives the same one, and a requeued job (same id) reuses it.
+    os.environ.setdefault("MASTER_PORT", str(20000 + _int_env("SLURM_JOB_ID") % 40000))
+    os.environ.update(
+        RANK=str(_int_env("SLURM_PROCID")),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(_int_env("SLURM_LOCALID", 0)),
+    )
+
+
+def _export_local_submitit_env() -> None:
+    """Same for a multi-task job of submitit's local executor (its own variables, one machine)."""
     from submitit.helpers import TorchDistributedEnvironment
 
     tde = TorchDistributedEnvironment()
-    # The step's task count, not the allocation's: `srun -n 1` inside a bigger job is one rank.
-    world = _int_env("SLURM_STEP_NUM_TASKS", tde.world_size)
-    nodes = _int_env("SLURM_STEP_NUM_NODES", _int_env("SLURM_NNODES", 1))
-    # One node: loopback always resolves, whatever the site's hostname setup.
-    addr = os.environ.get("MASTER_ADDR") or ("127.0.0.1" if nodes == 1 else tde.master_addr)
-    os.environ.update(
-        MASTER_ADDR=addr,
-        MASTER_PORT=str(tde.master_port),
-        RANK=str(tde.rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(tde.local_rank),
-    )
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(tde.master_port))
+    os.environ.update(RANK=str(tde.rank), WORLD_SIZE=str(tde.world_size), LOCAL_RANK=str(tde.local_rank))
 
 
 def _pick_device(local_rank: int) -> torch.device:
@@ -104,8 +131,11 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     global _ENV
     if _ENV is not None:
         return _ENV
-    if "RANK" not in os.environ and _in_slurm_step() and _int_env("SLURM_STEP_NUM_TASKS", 1) > 1:
-        _export_slurm_env()
+    if "RANK" not in os.environ:
+        if _in_slurm_step() and _int_env("SLURM_STEP_NUM_TASKS", _int_env("SLURM_NTASKS", 1)) > 1:
+            _export_slurm_env()
+        elif _in_local_submitit_job():
+            _export_local_submitit_env()
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = _int_env("RANK"), _int_env("WORLD_SIZE")
         local_rank = _int_env("LOCAL_RANK", 0)

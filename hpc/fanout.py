@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -69,14 +70,14 @@ class Fanout:
         """Non-coordinator processes compute tasks here until the coordinator is done."""
         raise RuntimeError(f"the {self.name} backend has no worker processes to serve")
 
-    def close(self, failed: bool = False) -> None:
-        """Release the workers; ``failed`` means the coordinator is leaving with an error."""
+    def close(self, error: BaseException | None = None) -> None:
+        """Release the workers; ``error`` is what the coordinator is leaving with, if anything."""
 
     def __enter__(self) -> Fanout:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(failed=exc_type is not None)
+        self.close(error=exc)
 
 
 SerialFanout = Fanout
@@ -152,15 +153,12 @@ class DaskFanout(Fanout):
         if self.client is None:
             self.client, self.cluster = self._connect()
 
-    def _start(self) -> Any:
-        self.start()
-        return self.client
-
     @property
     def n_workers(self) -> int:
         if self._workers is not None:
             return self._workers
-        return len(self._start().scheduler_info()["workers"])
+        self.start()
+        return len(self.client.scheduler_info()["workers"])
 
     @property
     def dashboard_link(self) -> str | None:
@@ -176,20 +174,18 @@ class DaskFanout(Fanout):
             return
         from distributed import as_completed
 
-        client = self._start()
+        self.start()
+        client = self.client
         run = uuid.uuid4().hex[:8]  # unique keys: a shared scheduler may hold another run's tasks
         futures = {client.submit(fn, task, key=f"{getattr(fn, '__name__', 'task')}-{run}-{i}", pure=False): i
                    for i, task in enumerate(tasks)}
         try:
             for future in as_completed(futures):
-                result = future.result()  # re-raises the task's exception (or KilledWorker)
-                index = futures[future]
-                future.release()
-                yield index, result
+                yield futures[future], future.result()  # re-raises the task's exception (or KilledWorker)
         finally:
             client.cancel([f for f in futures if not f.done()])
 
-    def close(self, failed: bool = False) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
@@ -301,13 +297,18 @@ class MPIFanout(Fanout):
             raise RuntimeError(f"task {index} failed on MPI rank {rank}:\n{payload}")
         return index, payload
 
-    def close(self, failed: bool = False) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         if not self.is_coordinator or self.size == 1:
             return
-        if failed and self._remote_in_flight:
-            # Other ranks are mid-task and would only finish work nobody collects: end the job now.
-            # Completed shards are already on disk; the rerun resumes from them.
-            self.comm.Abort(1)
+        if error is not None and self._remote_in_flight:
+            # Other ranks are mid-task and would only finish work nobody collects: end the job now,
+            # saying why first (Abort kills this process before Python could print the exception).
+            if isinstance(error, KeyboardInterrupt):
+                print("interrupted: aborting the MPI job", file=sys.stderr)
+            else:
+                traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+            sys.stderr.flush()
+            self.comm.Abort(130 if isinstance(error, KeyboardInterrupt) else 1)
         for rank in range(1, self.size):
             if rank not in self._stopped:
                 self._recv_when_ready(rank, _TAG_READY)

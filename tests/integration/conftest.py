@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -177,3 +178,97 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("slurm test durations (setup + call + teardown)")
     for nodeid, seconds in sorted(_slurm_durations.items(), key=lambda kv: -kv[1]):
         terminalreporter.write_line(f"{seconds:7.2f} s  {nodeid}")
+
+
+# --- the repository's own commands and slurm/*.sh scripts on the cluster (test_slurm_*.py) -------
+# Everything below runs what users run: `sbatch slurm/<script>.sh ...`, `python -m ...`. The only
+# test-specific inputs are sbatch flags and environment variables the scripts already document.
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_DATA_CONFIG = REPO / "configs" / "data" / "tiny.yaml"
+TINY_TRAIN_CONFIG = REPO / "configs" / "train" / "tiny.yaml"
+
+# Keep the servers these jobs start on loopback (slurm/local/README.md, "What listens where"):
+# Open MPI ranks use shared memory only (the tcp BTL would listen on 0.0.0.0), and dask-jobqueue
+# binds its scheduler and workers to `lo`.
+LOOPBACK_ENV = {
+    "OMPI_MCA_btl": "self,vader",
+    "OMPI_MCA_oob_tcp_if_include": "lo",
+    "DASK_JOBQUEUE__SLURM__INTERFACE": "lo",
+}
+
+
+@pytest.fixture(scope="session")
+def job_env(slurm_cluster) -> dict[str, str]:
+    """The cluster environment plus what the slurm/*.sh scripts read: this interpreter and its venv."""
+    env = {k: v for k, v in slurm_cluster.items() if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_", "SRUN_"))}
+    env["SLURM_CONF"] = slurm_cluster["SLURM_CONF"]
+    env.update(LOOPBACK_ENV)
+    env.update(HOLSTEIN_PYTHON=sys.executable, HOLSTEIN_VENV=sys.prefix, PYTHONUNBUFFERED="1",
+               SLURM_MPI_TYPE="pmix")
+    return env
+
+
+class ScriptJobs(SlurmJobs):
+    """`SlurmJobs` for script files with arguments (slurm/*.sh), plus log polling. Every wait is bounded."""
+
+    def submit(self, script: Path, *args: str, sbatch_args: tuple[str, ...] = (), env: dict | None = None) -> str:
+        """`sbatch [sbatch_args] script args...` without waiting; returns the job id."""
+        name = f"t-{uuid.uuid4().hex[:10]}"
+        argv = ["sbatch", "--parsable", f"--job-name={name}", f"--output={self.workdir}/%j.out", *sbatch_args,
+                str(script), *args]
+        proc = subprocess.run(argv, env=env or self.env, cwd=self.workdir, capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            pytest.fail(f"{shlex.join(argv)} failed: {proc.stderr.strip()}")
+        return proc.stdout.strip().split(";")[0]
+
+    def submit_wait(self, script: Path, *args: str, sbatch_args: tuple[str, ...] = (), timeout: float = 120,
+                    env: dict | None = None) -> BatchResult:
+        """Submit, then wait (sacct) until the job is finished; a job still running at `timeout` is cancelled."""
+        job = self.submit(script, *args, sbatch_args=sbatch_args, env=env)
+        state = self.wait_finished(job, timeout)
+        code = self.run(["sacct", "-n", "-X", "-P", "-o", "ExitCode", "-j", job]).stdout.strip().split(":")[0]
+        # Like sbatch --wait: 0 when completed, the script's status when it failed, 1 when killed/cancelled.
+        returncode = 0 if state == "COMPLETED" else (int(code) if code.isdigit() and int(code) else 1)
+        return BatchResult(job, returncode, self.output(job))
+
+    def wait_finished(self, job: str, timeout: float) -> str:
+        """Poll sacct until the job is over; cancel it and fail with its log when it is not by `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.sacct_state(job)
+            if state.startswith(FINISHED_STATES):
+                return state.split()[0]
+            time.sleep(0.5)
+        self.run(["scancel", job])
+        pytest.fail(f"job {job} not finished after {timeout} s (cancelled it); log:\n{self.output(job)[-3000:]}")
+
+    def wait_for_output(self, job: str, predicate, what: str, timeout: float = 60, poll: float = 0.25) -> str:
+        """Poll the job's log until `predicate(log)` is true; fail (and cancel) if the job ends or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.output(job)
+            if predicate(text):
+                return text
+            if self.sacct_state(job).startswith(FINISHED_STATES):
+                pytest.fail(f"job {job} ended before {what}; log:\n{self.output(job)[-3000:]}")
+            time.sleep(poll)
+        self.run(["scancel", job])
+        pytest.fail(f"no {what} in job {job}'s log after {timeout} s (cancelled it); log:\n{self.output(job)[-3000:]}")
+
+
+@pytest.fixture
+def slurm_scripts(job_env, tmp_path) -> ScriptJobs:
+    """Submits slurm/*.sh with arguments under `job_env`; logs go to the test's tmp_path as <jobid>.out."""
+    return ScriptJobs(job_env, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny dataset, made once per session by the serial backend (the reference for the other backends)."""
+    out = tmp_path_factory.mktemp("tiny-data") / "tiny"
+    argv = [sys.executable, "-m", "holstein_dist.generate", "--config", str(TINY_DATA_CONFIG), "--out", str(out),
+            "--backend", "serial"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out

@@ -1,7 +1,8 @@
 """End-to-end generation of the tiny config: physics, schema, backends, resume and faults.
 
 Every run here integrates real trajectories and writes real shards; backends run real processes
-(Dask LocalCluster workers, mpirun ranks) and faults are real process deaths and signals.
+(Dask LocalCluster workers, mpirun ranks) and faults are real process deaths and signals. The
+Slurm launchers (slurm/generate.sh, --dask-slurm) are exercised in test_slurm_generate.py.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "data" / "tiny.yaml"
 DATA_KEYS = sh.SNAPSHOT_KEYS + sh.MID_KEYS + ("energy", "t0", "traj_id")
 # More, smaller shards for the interruption tests: a signal then lands between shards with room to spare.
-MANY_SHARDS = ["splits.train=16", "shard_size=1"]
+MANY_SHARDS = ["splits.train=16", "shard_size=1", "n_steps=120"]
 
 # Dask ships the fault-injecting task below to its workers by value (this module is not importable there).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -186,6 +187,34 @@ def test_dask_two_workers_bit_identical(reference_arrays, tmp_path):
     assert (run["backend"], run["workers"]) == ("dask", 2)
 
 
+def dask_cli(kind: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"distributed.cli.dask_{kind}", *args]
+
+
+def test_existing_dask_scheduler_bit_identical(reference_arrays, tmp_path):
+    """--dask-scheduler-file: a scheduler and workers started apart from generate, as on a cluster."""
+    sched = tmp_path / "scheduler.json"
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    procs = [subprocess.Popen(dask_cli("scheduler", "--scheduler-file", str(sched), "--host", "127.0.0.1",
+                                       "--port", "0", "--no-dashboard"), **quiet)]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched.exists():
+            assert time.monotonic() < deadline, "the Dask scheduler did not start"
+            time.sleep(0.05)
+        procs.append(subprocess.Popen(dask_cli("worker", "--scheduler-file", str(sched), "--nworkers", "2",
+                                               "--nthreads", "1", "--no-dashboard"), **quiet))
+        out = tmp_path / "external"
+        done = run_cli(out, "--dask-scheduler-file", str(sched))
+        assert done.returncode == 0, done.stderr
+        assert f"dask scheduler from {sched}" in done.stderr
+        assert_same_data(reference_arrays, out)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(30)
+
+
 def mpirun_command(n: int) -> list[str]:
     mpirun = shutil.which("mpirun")
     if mpirun is None:
@@ -231,6 +260,58 @@ def test_dask_worker_killed_mid_run_is_retried(reference_arrays, tmp_path):
     assert_same_data(reference_arrays, out)
 
 
+# MPI fan-out on its own: 3 ranks, fewer/more tasks than ranks, and a task that raises on some rank.
+FANOUT_SCRIPT = """
+import sys, time
+from hpc.fanout import MPIFanout
+
+def square(x):
+    time.sleep(0.02)
+    if x == int(sys.argv[1]):
+        raise ValueError(f"bad task {x}")
+    return x * x
+
+with MPIFanout() as fan:
+    if fan.is_coordinator:
+        print("results", sorted(r for _, r in fan.map_unordered(square, list(range(int(sys.argv[2]))))))
+    else:
+        fan.serve(square)
+"""
+
+
+@pytest.mark.parametrize("fail, n_tasks", [(-1, 0), (-1, 1), (-1, 12), (7, 12)])
+def test_mpi_fanout_collects_every_result_or_reports_the_failure(tmp_path, fail, n_tasks):
+    script = tmp_path / "fanout_script.py"
+    script.write_text(FANOUT_SCRIPT)
+    done = subprocess.run(mpirun_command(3) + [sys.executable, str(script), str(fail), str(n_tasks)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if fail < 0:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"results {[i * i for i in range(n_tasks)]}"
+    else:
+        assert done.returncode != 0 and "results" not in done.stdout
+        assert "task 7 failed on MPI rank" in done.stderr and "ValueError: bad task 7" in done.stderr
+
+
+def fail_on_second_train_shard(task: generate.ShardTask) -> generate.ShardResult:
+    if task.spec.file == "shards/train-00001.h5":
+        raise RuntimeError("disk on fire")
+    return generate.compute_shard(task)
+
+
+def test_failed_task_leaves_a_resumable_directory(reference_arrays, tmp_path):
+    out = tmp_path / "failed"
+    cfg = load_config(sh.DataConfig, TINY)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        generate.run(cfg, out, generate.Fanout(), task=fail_on_second_train_shard, interactive=False)
+    manifest = json.loads((out / sh.MANIFEST).read_text())
+    assert [e["status"] for e in manifest["shards"]] == ["complete", "pending", "pending", "pending"]
+    assert sorted(p.name for p in (out / sh.SHARD_DIR).iterdir()) == ["train-00000.h5"]
+    summary = generate_serial(out)
+    assert (summary.shards_done, summary.shards_skipped) == (3, 1)
+    assert_same_data(reference_arrays, out)
+
+
 # ----------------------------------------------------------------------------- resume and faults
 
 
@@ -248,12 +329,12 @@ def wait_for_complete_shards(out: Path, n: int, proc: subprocess.Popen, timeout:
     raise AssertionError(f"{n} shards not complete within {timeout} s")
 
 
-def assert_no_partial_shard(out: Path) -> None:
+def assert_no_partial_shard(out: Path, n_snapshots: int = 121) -> None:
     """Every visible shard file is complete: right shapes, readable to the last snapshot."""
     for path in (out / sh.SHARD_DIR).glob("*.h5"):
         with h5py.File(path) as f:
-            assert f["rho"].shape[1] == 41 and f["energy"].shape == (f["rho"].shape[0], 41), path
-            assert np.isfinite(f["Q"][:, -1]).all()
+            assert f["rho"].shape[1] == n_snapshots and f["energy"].shape == (1, n_snapshots), path
+            assert np.isfinite(f["Q"][:, -1]).all() and np.isfinite(f["energy"][:]).all()
 
 
 def test_interrupt_and_kill_then_resume(tmp_path):
@@ -306,7 +387,7 @@ def test_complete_dataset_is_left_alone(reference, tmp_path):
     out = copy_of(reference, tmp_path)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
     done = run_cli(out, "--backend", "serial")
-    assert done.returncode == 0 and "nothing to do" in done.stderr
+    assert done.returncode == 0 and "done: all 4 shards were complete" in done.stderr
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")} == before
 
 
@@ -326,4 +407,5 @@ def test_foreign_directory_is_refused(tmp_path):
     (out / "notes.txt").write_text("keep me")
     done = run_cli(out, "--backend", "serial")
     assert done.returncode == 2 and "is not empty (notes.txt) and has no manifest.json" in done.stderr
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt"]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+

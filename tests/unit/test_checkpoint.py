@@ -43,7 +43,8 @@ def test_manager_keeps_the_latest_k_and_the_best(tmp_path):
     assert manager.latest() is None
     metrics = {10: 5.0, 20: 3.0, 30: None, 40: 4.0, 50: 2.5}
     for step, metric in metrics.items():
-        manager.save({"weights": torch.full((3,), float(step))}, step, metric)
+        manager.save({"weights": torch.full((3,), float(step))}, step, best=manager.update_best(metric))
+    assert manager.best_metric == 2.5 and not manager.update_best(float("nan"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "step-00000040.pt", "step-00000050.pt"]
     assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-00000050.pt"
     best = ckpt.load_checkpoint(tmp_path / "best.pt")
@@ -114,11 +115,14 @@ def test_requeue_outside_slurm_does_nothing(monkeypatch):
 def test_trained_checkpoint_loads_with_load_model_and_gives_identical_outputs(tiny_data, tmp_path):
     cfg = train.load_train_config(TINY, [f"data={tiny_data}", f"run_dir={tmp_path}", "model=small", "threads=0"])
     env = dist.init_distributed()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small only loses from threads competing for two cores
     try:
         with ckpt.PreemptionGuard() as guard:
             trainer = train.Trainer(cfg, env, open_data(tiny_data))
             result = trainer.fit(guard)
     finally:
+        torch.set_num_threads(threads)
         dist.shutdown()
     assert result.status == "finished" and result.step == 30
     final = load_model(tmp_path / "checkpoints" / "step-00000030.pt")
@@ -137,7 +141,7 @@ def _command(data: Path, run_dir: Path) -> list[str]:
     # 180 steps (60 + 2 x 60), a checkpoint every 10, validation every 30; deterministic on one thread.
     return [sys.executable, "-m", "holstein_dist.train", "--config", TINY, f"data={data}", f"run_dir={run_dir}",
             "curriculum.batches_per_epoch=60", "ckpt_every=10", "val_every=30", "log_every=30", "keep=2",
-            "deterministic=true", "threads=1", "num_workers=1"]
+            "deterministic=true", "threads=1", "num_workers=0"]
 
 
 def _start(data: Path, run_dir: Path) -> subprocess.Popen:
@@ -146,55 +150,58 @@ def _start(data: Path, run_dir: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _interrupt_after_first_checkpoint(proc: subprocess.Popen, run_dir: Path, sig: signal.Signals) -> None:
-    first = run_dir / "checkpoints" / "step-00000010.pt"
+def _interrupt_at_checkpoint(proc: subprocess.Popen, run_dir: Path, step: int, sig: signal.Signals) -> None:
+    """Send ``sig`` as soon as the checkpoint of ``step`` exists (the run is then still going)."""
+    target = run_dir / "checkpoints" / ckpt.step_name(step)
     deadline = time.monotonic() + 120
-    while not first.exists():
+    while not target.exists():
         assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        assert time.monotonic() < deadline, f"no checkpoint {target.name} after 120 s"
         time.sleep(0.002)
     proc.send_signal(sig)
+
+
+def _latest_step(run_dir: Path) -> int:
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir / "checkpoints"))["step"]
 
 
 def _final(run_dir: Path) -> dict:
     return ckpt.load_checkpoint(run_dir / "checkpoints" / "step-00000180.pt")
 
 
-def _assert_identical(a: dict, b: dict) -> None:
+def test_killed_then_signalled_run_resumes_bit_identically(tiny_data, tmp_path):
+    """SIGKILL mid-run, resume, SIGUSR1 (Slurm's warning) mid-run, resume: the final weights, optimizer
+    and scheduler state equal those of an uninterrupted run bit for bit."""
+    straight, chain = tmp_path / "straight", tmp_path / "chain"
+    reference, proc = _start(tiny_data, straight), _start(tiny_data, chain)
+    _interrupt_at_checkpoint(proc, chain, 10, signal.SIGKILL)
+    assert proc.wait(60) == -signal.SIGKILL
+    killed_at = _latest_step(chain)
+    assert killed_at < 180, "the run finished before the kill"
+
+    proc = _start(tiny_data, chain)
+    _interrupt_at_checkpoint(proc, chain, killed_at + 10, signal.SIGUSR1)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
+    assert "resuming from" in out and f"at step {killed_at}" in out
+    assert "stopped at step" in out and "re-run the same command to resume" in out
+    signalled_at = _latest_step(chain)
+    assert killed_at < signalled_at < 180 and f"stopped at step {signalled_at} " in out
+
+    proc = _start(tiny_data, chain)
+    outputs = [p.communicate(timeout=120)[0] for p in (proc, reference)]
+    assert proc.returncode == reference.returncode == 0, outputs
+    assert f"at step {signalled_at}" in outputs[0]
+
+    a, b = _final(straight), _final(chain)
     assert a["step"] == b["step"] == 180 and a["best_metric"] == b["best_metric"]
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         for key in sa:
             assert torch.equal(sa[key], sb[key]), key
     assert a["scheduler"] == b["scheduler"]
-
-
-def test_killed_and_signalled_runs_resume_bit_identically(tiny_data, tmp_path):
-    """SIGKILL mid-run, or SIGUSR1 (Slurm's warning), then the same command again: the final weights and
-    optimizer state equal those of an uninterrupted run bit for bit."""
-    straight, killed, signalled = tmp_path / "straight", tmp_path / "killed", tmp_path / "signalled"
-    ref, victim = _start(tiny_data, straight), _start(tiny_data, killed)
-    _interrupt_after_first_checkpoint(victim, killed, signal.SIGKILL)
-    assert victim.wait(60) == -signal.SIGKILL
-    assert not (killed / "checkpoints" / "step-00000180.pt").exists(), "the run finished before the kill"
-    stopped_at = ckpt.load_checkpoint(ckpt.latest_checkpoint(killed / "checkpoints"))["step"]
-
-    usr1 = _start(tiny_data, signalled)
-    resumed = _start(tiny_data, killed)
-    _interrupt_after_first_checkpoint(usr1, signalled, signal.SIGUSR1)
-    out = usr1.communicate(timeout=120)[0]
-    assert usr1.returncode == 0, out
-    assert "stopped at step" in out and "re-run the same command to resume" in out
-    assert not (signalled / "checkpoints" / "step-00000180.pt").exists()
-    again = _start(tiny_data, signalled)
-
-    outputs = [proc.communicate(timeout=120)[0] for proc in (ref, resumed, again)]
-    assert [proc.returncode for proc in (ref, resumed, again)] == [0, 0, 0], outputs
-    assert f"at step {stopped_at}" in outputs[1] and "resuming from" in outputs[2]
-    _assert_identical(_final(straight), _final(killed))
-    _assert_identical(_final(straight), _final(signalled))
 
 
 def test_incompatible_or_corrupt_checkpoint_in_run_dir_is_one_line_error(tiny_data, tmp_path, capsys):

@@ -46,7 +46,8 @@ def test_windows_match_the_shards(tiny_data):
     assert (traj, start) == divmod(index, T1 - 3)
     item = windows[index]
     assert item["rho"].shape == (4, data.L, data.L) and item["rho"].dtype == np.complex64
-    assert item["Q"].shape == (4, data.L) and item["dQ"].shape == (3, data.L) and item["drho"].shape == (3, data.L, data.L)
+    assert item["Q"].shape == (4, data.L) and item["dQ"].shape == (3, data.L)
+    assert item["drho"].shape == (3, data.L, data.L)
     path, local = data.split("train").locate(traj)
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(item["rho"], f["rho"][local, start : start + 4])
