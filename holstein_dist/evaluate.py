@@ -44,8 +44,8 @@ from holstein_dist.metrics import (
     wasserstein1,
 )
 
-# _checkpoint_in_run: the run-directory resolution load_model uses, so the hashed file is the loaded one.
-from holstein_dist.model import ResNetCNN, Surrogate, _checkpoint_in_run, load_model
+# checkpoint_in_run: the run-directory resolution load_model uses, so the hashed file is the loaded one.
+from holstein_dist.model import Surrogate, checkpoint_in_run, load_model
 from holstein_dist.shards import (
     MANIFEST,
     Dataset,
@@ -203,7 +203,7 @@ def _resolved_weights(path: Path) -> tuple[str, Path]:
     """(format, weights file) exactly as ``load_model`` resolves ``path``: original dir, run dir or file."""
     if path.is_dir() and (path / "model_kwargs.json").is_file():
         return "original", path / "model_weights.pth"
-    return "ours", _checkpoint_in_run(path) if path.is_dir() else path
+    return "ours", checkpoint_in_run(path) if path.is_dir() else path
 
 
 def recorded_training_data(fmt: str, checkpoint: Path, weights: Path) -> dict[str, Any]:
@@ -341,18 +341,6 @@ def _sync(device: torch.device) -> None:
 def precision_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     """bfloat16 autocast for the convolutions when asked, else nothing."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def prepare_bf16(model: Surrogate) -> None:
-    """Return every CNN's output to float32 under autocast.
-
-    Autocast leaves the output convolution in bfloat16, and ``torch.complex`` (the state read-back)
-    has no bfloat16 kernel; the state itself must stay float32 anyway so that rounding does not
-    accumulate over a long rollout.
-    """
-    for module in model.modules():
-        if isinstance(module, ResNetCNN):
-            module.register_forward_hook(lambda _module, _inputs, output: output.float())
 
 
 def roll_out(model: Surrogate, initial: Mapping[str, np.ndarray], steps: int, device: torch.device,
@@ -664,8 +652,6 @@ def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Sur
     model = load_model(opts.checkpoint, device=device)
     identity = checkpoint_identity(opts.checkpoint, model)
     check_model_fits_data(identity, plan, opts.data)
-    if opts.bf16:
-        prepare_bf16(model)
     return model, identity
 
 

@@ -170,7 +170,9 @@ class ScaledCNN(nn.Module):
 
     def forward(self, rho: Tensor, Q: Tensor, P: Tensor) -> State:
         x = embed(rho * self.in_scale_rho, Q * self.in_scale_Q, P * self.in_scale_P)
-        out_rho, out_Q, out_P = unembed(self.CNN(x))
+        # Under bf16 autocast the convolutions return bfloat16; the state (and complex rho, which has
+        # no bfloat16 dtype) stays in the input's precision so rounding does not accumulate in rollouts.
+        out_rho, out_Q, out_P = unembed(self.CNN(x).to(x.dtype))
         return out_rho * self.out_scale_rho, out_Q * self.out_scale_Q, out_P * self.out_scale_P
 
 
@@ -335,7 +337,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Surrogat
         if (path / "model_kwargs.json").is_file():
             model = _load_original(path)
         else:
-            model = _load_checkpoint_file(_checkpoint_in_run(path))
+            model = _load_checkpoint_file(checkpoint_in_run(path))
     elif path.is_file():
         model = _load_checkpoint_file(path)
     else:
@@ -346,7 +348,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Surrogat
     return model.to(device).eval()
 
 
-def _checkpoint_in_run(run: Path) -> Path:
+def checkpoint_in_run(run: Path) -> Path:
+    """The checkpoint ``load_model`` takes from a run directory: ``best.pt``, else the newest ``step-*.pt``."""
     ckpt_dir = run / "checkpoints"
     if not ckpt_dir.is_dir():
         raise ValueError(
