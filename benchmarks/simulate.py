@@ -56,9 +56,13 @@ def cpu_name() -> str:
 
 
 def time_per_step(advance: Callable[[int], None], sync: Callable[[], None], repeats: int, seconds: float,
-                  warmup_steps: int = 3) -> list[float]:
-    """Seconds per ``advance(1)`` of ``repeats`` timed runs (after a warm-up), each sized to ~``seconds``."""
-    advance(warmup_steps)  # compilation, allocation, first touch
+                  warmup_steps: int = 3) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds per ``advance(1)`` of ``repeats`` timed runs, each ~``seconds`` long.
+
+    Runs follow a warm-up (compilation, allocation, first touch). On one thread the CPU time is the
+    cost without the time the scheduler gave to other processes (a check on a busy machine).
+    """
+    advance(warmup_steps)
     sync()
     n = 1
     while True:  # calibrate: double until a run lasts >= seconds / 8
@@ -70,13 +74,14 @@ def time_per_step(advance: Callable[[int], None], sync: Callable[[], None], repe
             break
         n *= 2
     n = max(1, int(n * seconds / max(elapsed, 1e-9)))
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         advance(n)
         sync()
-        times.append((time.perf_counter() - start) / n)
-    return times
+        wall.append((time.perf_counter() - start) / n)
+        cpu.append((time.process_time() - start_cpu) / n)
+    return wall, cpu
 
 
 def make(backend: str, L: int, batch: int, threads: int | None):
@@ -183,16 +188,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 kind = "numba" if backend == "numba1" else backend
                 with torch_threads(threads if kind == "torch" else None):
                     advance, sync, _ = make(kind, L, batch, threads if kind == "numba" else None)
-                    runs = [t / batch * 1e6 for t in time_per_step(advance, sync, args.repeats, args.seconds)]
+                    wall, cpu = time_per_step(advance, sync, args.repeats, args.seconds)
+                runs = [t / batch * 1e6 for t in wall]
                 us = statistics.median(runs)
+                cpu_us = statistics.median(cpu) / batch * 1e6
                 rows.append({
                     "backend": backend, "cores": label, "threads": threads, "batch": batch, "L": L,
-                    "us_per_trajectory_step": us, "us_runs": runs, "reference_cpp_us": REFERENCE_US.get(L),
+                    "us_per_trajectory_step": us, "us_runs": runs, "cpu_us_per_trajectory_step": cpu_us,
+                    "reference_cpp_us": REFERENCE_US.get(L),
                     "speedup_vs_cpp": REFERENCE_US[L] / us if L in REFERENCE_US else None,
                     "max_dev_vs_numpy": dev,
                 })
                 print(f"  {backend:6s} {label:8s} L={L:3d} batch={batch:5d}: {us:9.3f} us/trajectory/step "
-                      f"(runs {min(runs):.3g}..{max(runs):.3g})", flush=True)
+                      f"(runs {min(runs):.3g}..{max(runs):.3g}; process CPU time {cpu_us:.3g})", flush=True)
 
     print()
     print(f"RK4 step cost, median of {args.repeats} runs; {cpu_name()}")

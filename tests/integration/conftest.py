@@ -189,12 +189,15 @@ TINY_DATA_CONFIG = REPO / "configs" / "data" / "tiny.yaml"
 TINY_TRAIN_CONFIG = REPO / "configs" / "train" / "tiny.yaml"
 
 # Keep the servers these jobs start on loopback (slurm/local/README.md, "What listens where"):
-# Open MPI ranks use shared memory only (the tcp BTL would listen on 0.0.0.0), and dask-jobqueue
-# binds its scheduler and workers to `lo`.
+# Open MPI ranks use shared memory only (the tcp BTL listens on 0.0.0.0); dask-jobqueue binds the
+# scheduler and the workers to `lo`, and their HTTP servers (":8787" / ":0" by default, i.e. every
+# interface, even without bokeh) to 127.0.0.1.
 LOOPBACK_ENV = {
     "OMPI_MCA_btl": "self,vader",
     "OMPI_MCA_oob_tcp_if_include": "lo",
     "DASK_JOBQUEUE__SLURM__INTERFACE": "lo",
+    "DASK_JOBQUEUE__SLURM__SCHEDULER_OPTIONS": '{"dashboard_address": "127.0.0.1:0"}',
+    "DASK_JOBQUEUE__SLURM__WORKER_EXTRA_ARGS": '["--dashboard-address", "127.0.0.1:0"]',
 }
 
 

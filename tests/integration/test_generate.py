@@ -90,6 +90,14 @@ def reference_arrays(reference) -> dict:
     return all_arrays(reference)
 
 
+@pytest.fixture(scope="module")
+def many_shards_arrays(tmp_path_factory) -> dict:
+    """Reference data of the MANY_SHARDS variant (20 one-trajectory shards)."""
+    out = tmp_path_factory.mktemp("many") / "tiny"
+    generate_serial(out, *MANY_SHARDS)
+    return all_arrays(out)
+
+
 def copy_of(reference: Path, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
@@ -223,12 +231,12 @@ def mpirun_command(n: int) -> list[str]:
     return [mpirun, *flags, "-n", str(n)]
 
 
-def test_mpi_two_ranks_bit_identical(reference_arrays, tmp_path):
+def test_mpi_two_ranks_bit_identical(many_shards_arrays, tmp_path):
     out = tmp_path / "mpi"
-    done = subprocess.run(mpirun_command(2) + cli(out, "--backend", "mpi", "shard_size=1"), capture_output=True,
+    done = subprocess.run(mpirun_command(2) + cli(out, "--backend", "mpi", *MANY_SHARDS), capture_output=True,
                           text=True, timeout=180, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert_same_data(reference_arrays, out)
+    assert_same_data(many_shards_arrays, out)
     manifest = json.loads((out / sh.MANIFEST).read_text())
     assert (manifest["runs"][-1]["backend"], manifest["runs"][-1]["workers"]) == ("mpi", 2), "world size must be 2"
     workers = {e["worker"] for e in manifest["shards"]}
@@ -337,9 +345,8 @@ def assert_no_partial_shard(out: Path, n_snapshots: int = 121) -> None:
             assert np.isfinite(f["Q"][:, -1]).all() and np.isfinite(f["energy"][:]).all()
 
 
-def test_interrupt_and_kill_then_resume(tmp_path):
+def test_interrupt_and_kill_then_resume(many_shards_arrays, tmp_path):
     out = tmp_path / "interrupted"
-    generate_serial(tmp_path / "whole", *MANY_SHARDS)
     args = ("--backend", "serial", *MANY_SHARDS)
 
     proc = subprocess.Popen(cli(out, *args), stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -361,7 +368,7 @@ def test_interrupt_and_kill_then_resume(tmp_path):
     done = run_cli(out, *args)
     assert done.returncode == 0, done.stderr
     assert "already complete" in done.stderr and temporaries(out) == []
-    assert_same_data(tmp_path / "whole", out)
+    assert_same_data(many_shards_arrays, out)
 
 
 def test_corrupt_and_missing_shards_are_regenerated(reference, reference_arrays, tmp_path):

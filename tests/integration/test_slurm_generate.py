@@ -15,6 +15,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -94,6 +95,16 @@ def test_mpirun_two_ranks_in_a_batch_job_bit_identical(slurm_jobs, job_env, mpir
     assert_bit_identical(reference, out)
 
 
+def sacct_jobs_named(jobs, name: str, expect: int, timeout: float = 30) -> list[str]:
+    """Ids of the jobs called `name` in accounting; records reach slurmdbd a moment after the jobs start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = jobs.run(["sacct", "-n", "-X", "-P", "-o", "JobID", f"--name={name}"]).stdout.split()
+        if len(found) >= expect or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 def test_dask_workers_as_slurm_jobs_bit_identical(slurm_scripts, job_env, reference, tmp_path):
     """`--dask-slurm --workers 2`: two dask-jobqueue worker jobs compute every shard; same bits."""
     out = tmp_path / "dask-slurm"
@@ -112,7 +123,7 @@ def test_dask_workers_as_slurm_jobs_bit_identical(slurm_scripts, job_env, refere
     run = last_run(out)
     assert (run["backend"], run["workers"]) == ("dask", 2), run
     # The workers were Slurm jobs (which of the two computed what depends on when each started).
-    worker_jobs = slurm_scripts.run(["sacct", "-n", "-X", "-P", "-o", "JobID", f"--name={job_name}"]).stdout.split()
+    worker_jobs = sacct_jobs_named(slurm_scripts, job_name, expect=2)
     assert len(worker_jobs) == 2, f"expected 2 dask worker jobs named {job_name}, sacct has {worker_jobs}"
     # job_env's DASK_JOBQUEUE__SLURM__INTERFACE=lo kept the scheduler on loopback; the workers reached it there.
     worker_logs = [slurm_scripts.workdir / f"slurm-{job}.out" for job in worker_jobs]

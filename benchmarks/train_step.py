@@ -1,0 +1,194 @@
+"""Benchmark: one training step (4-step unrolled forward + backward) and the data loader's window rate.
+
+Reference (the original code on these machines, CPU, 2 threads, batch 8, L=32, 4-step unroll, forward +
+backward): medium PARC (C=128, 4 blocks) 3.40 s, tiny CNN (C=16, 1 block) 29 ms. Target: >= 1.3x faster
+at equal math. Every variant below runs the same model and loss (``holstein_dist.train``); they differ in
+memory layout and compilation only, and each variant's loss is checked against eager's so a fast but
+wrong variant cannot pass.
+
+    python benchmarks/train_step.py                       # CPU, 2 threads: tiny + medium, all variants
+    python benchmarks/train_step.py --device cuda         # GPU: fp32 / bf16 / compile / bf16+compile
+    python benchmarks/train_step.py --data DIR            # loader rate on an existing data set (L=32 best)
+
+Variants: ``eager`` (NCHW, as built), ``channels_last`` (the ``channels_last`` train flag),
+``compile`` (torch.compile of the surrogate, the ``compile`` flag), ``bf16`` (autocast, GPU; not equal
+math). The loader part times ``RolloutWindows`` reads (with PARC derivative labels) from the HDF5 shards,
+serially and through a DataLoader with workers, and prints them next to the windows/s a training step
+consumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import warnings
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from holstein_dist.config import load_config
+from holstein_dist.data import EpochSampler, RolloutWindows, make_loader, open_data
+from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
+from holstein_dist.train import Rollout, bf16_safe, rollout_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_CPU_S = {"medium": 3.40, "tiny": 0.029}
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``repeats`` calls after ``warmup`` calls (compilation, allocator warm-up)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_batch(B: int, L: int, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random states of realistic magnitude; timing does not depend on the values."""
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "rho": 0.5 * torch.randn(B, n + 1, L, L, dtype=torch.complex64, generator=g),
+        "Q": 0.1 * torch.randn(B, n + 1, L, generator=g),
+        "P": 0.1 * torch.randn(B, n + 1, L, generator=g),
+        "drho": torch.randn(B, n, L, L, dtype=torch.complex64, generator=g),
+        "dQ": 0.1 * torch.randn(B, n, L, generator=g),
+        "dP": 0.1 * torch.randn(B, n, L, generator=g),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def train_step_fn(model_cfg: ModelConfig, variant: str, batch: dict, n: int, device: torch.device):
+    """(step function, loss of its first call) for one variant; same initial weights for all variants."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg, dict.fromkeys(SCALE_KEYS, 1.0)).to(device)
+    model.eval()  # no dropout: identical arithmetic across variants, so their losses can be compared
+    with torch.no_grad():
+        # The increment networks start at exactly zero, which would make every variant's loss equal
+        # whatever it computed; a seeded perturbation makes the loss depend on every layer.
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())).to(device))
+    bf16 = "bf16" in variant
+    if "channels_last" in variant:
+        model = model.to(memory_format=torch.channels_last)
+    if bf16:
+        bf16_safe(model)
+    core = torch.compile(model) if "compile" in variant else model
+    rollout = Rollout(core)
+    x0 = (batch["rho"][:, 0], batch["Q"][:, 0], batch["P"][:, 0])
+
+    def step() -> float:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            states, derivs = rollout(*x0, n)
+        loss = rollout_loss(states, derivs, batch)[0]
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.item()
+
+    return step, step()
+
+
+def bench_models(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Print seconds per training step for every model x variant; returns windows/s consumed (eager)."""
+    consumed = {}
+    batch = make_batch(args.batch, args.L, args.n_step, device)
+    for name in args.models:
+        cfg = load_config(ModelConfig, ROOT / "configs" / "model" / f"{name}.yaml")
+        base_s, base_loss = None, None
+        for variant in args.variants:
+            try:
+                step, loss = train_step_fn(cfg, variant, batch, args.n_step, device)
+                seconds = median_seconds(step, args.repeats if name != "medium" else max(3, args.repeats // 3))
+            except Exception as exc:  # a variant the platform cannot run (e.g. compile without a compiler)
+                print(f"{name:7s} {variant:24s} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                continue
+            if base_s is None:
+                base_s, base_loss = seconds, loss
+                consumed[name] = args.batch / seconds
+            rel = abs(loss - base_loss) / abs(base_loss)
+            ref = REFERENCE_CPU_S.get(name) if device.type == "cpu" else None
+            vs_ref = f"{ref / seconds:5.2f}x vs reference {ref * 1000:.0f} ms" if ref else ""
+            print(f"{name:7s} {variant:24s} {seconds * 1000:9.1f} ms/step {args.batch / seconds:8.1f} windows/s "
+                  f"{base_s / seconds:5.2f}x vs {args.variants[0]:5s} loss rel.diff {rel:.1e}  {vs_ref}", flush=True)
+    return consumed
+
+
+def tiny_l32_dataset(out: Path) -> Path:
+    """A small L=32 deep-quench data set (the tiny recipe at L=32), made by the real generate command."""
+    cmd = [sys.executable, "-m", "holstein_dist.generate", "--config", str(ROOT / "configs/data/tiny.yaml"),
+           "--out", str(out), "--backend", "serial", "L=32"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+def bench_loader(args: argparse.Namespace, consumed: dict[str, float]) -> None:
+    """Windows/s read from the shards (with derivative labels), serial and with DataLoader workers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(args.data) if args.data else tiny_l32_dataset(Path(tmp) / "data")
+        data = open_data(data_dir)
+        windows = RolloutWindows(data, "train", args.n_step)
+        count = 400
+        sampler = EpochSampler(len(windows), 1, count, seed=0)
+        indices = list(sampler)
+        start = time.perf_counter()
+        for i in indices:
+            windows[i]
+        serial = count / (time.perf_counter() - start)
+        print(f"loader  L={data.L} n_step={args.n_step}: {serial:8.0f} windows/s in one process", flush=True)
+        for workers in args.workers:
+            batches = 60
+            loader = make_loader(windows, EpochSampler(len(windows), args.batch, batches, seed=1), args.batch, workers)
+            it = iter(loader)
+            next(it)  # worker start-up is paid once per epoch; time the steady state
+            start = time.perf_counter()
+            n = sum(b["rho"].shape[0] for b in it)
+            rate = n / (time.perf_counter() - start)
+            print(f"loader  DataLoader, {workers} worker(s), batch {args.batch}: {rate:8.0f} windows/s", flush=True)
+    for name, rate in consumed.items():
+        print(f"consume {name:7s} training step (eager) consumes {rate:8.1f} windows/s per rank", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU (default 2)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--L", type=int, default=32)
+    parser.add_argument("--n-step", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--models", nargs="+", default=["tiny", "medium"], help="names in configs/model")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="default: eager channels_last compile channels_last+compile (CPU); "
+                             "eager bf16 compile bf16+compile channels_last+bf16+compile (GPU)")
+    parser.add_argument("--data", default=None, help="data set for the loader benchmark (default: a temporary "
+                                                      "tiny L=32 one)")
+    parser.add_argument("--workers", nargs="+", type=int, default=[0, 2])
+    parser.add_argument("--skip-loader", action="store_true")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")  # torch.compile's advisory warnings would drown the table
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    if args.variants is None:
+        args.variants = (["eager", "channels_last", "compile", "channels_last+compile"] if device.type == "cpu"
+                         else ["eager", "bf16", "compile", "bf16+compile", "channels_last+bf16+compile"])
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name()
+    print(f"torch {torch.__version__}, {device.type} ({where}), batch {args.batch}, L={args.L}, "
+          f"{args.n_step}-step unroll, forward + backward", flush=True)
+    consumed = bench_models(args, device)
+    if not args.skip_loader:
+        bench_loader(args, consumed)
+
+
+if __name__ == "__main__":
+    main()
