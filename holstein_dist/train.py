@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from holstein_dist import config as config_io
+from holstein_dist import shards
 from holstein_dist.curriculum import Curriculum, Position, Stage
 from holstein_dist.data import (
     EpochSampler,
@@ -349,7 +350,7 @@ def bf16_safe(model: nn.Module) -> None:
 class Trainer:
     """Owns the model, optimizer, schedule, data and outputs of one run; ``fit`` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, env: dist.DistEnv, data: Any) -> None:
+    def __init__(self, cfg: TrainConfig, env: dist.DistEnv, data: shards.Dataset) -> None:
         self.cfg, self.env, self.data = cfg, env, data
         self.curriculum: Curriculum = cfg.curriculum
         self.end = min(self.curriculum.total_steps, cfg.max_steps or self.curriculum.total_steps)
@@ -386,7 +387,8 @@ class Trainer:
         path = self.checkpoints.latest()
         if path is None:
             return 0
-        payload = ckpt.load_checkpoint(path, required=("format", "model", "model_config", "optimizer", "scheduler"))
+        required = ("format", "model", "model_config", "scales", "optimizer", "scheduler")
+        payload = ckpt.load_checkpoint(path, required=required)
         if payload["format"] != FORMAT:
             raise ckpt.CheckpointError(
                 f"{path} has format {payload['format']!r}, expected {FORMAT!r}; use a fresh run_dir"
@@ -394,6 +396,13 @@ class Trainer:
         if payload["model_config"] != dataclasses.asdict(self.cfg.model):
             raise ckpt.CheckpointError(
                 f"{path} holds a different model ({payload['model_config']}); use a fresh run_dir or the same model"
+            )
+        changed = [k for k, v in self.model.scales.items() if not math.isclose(v, payload["scales"].get(k, math.nan))]
+        if changed:
+            raise ckpt.CheckpointError(
+                f"{path} was trained on data with other normalization scales ({changed[0]}: "
+                f"{payload['scales'].get(changed[0])} vs {self.model.scales[changed[0]]}); use the same data or a "
+                "fresh run_dir"
             )
         try:
             self.model.load_state_dict(payload["model"])
@@ -432,8 +441,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def train_step(self, batch: dict[str, Tensor], stage: Stage, epoch: int, position: int) -> dict[str, Tensor]:
-        """Forward (unrolled), backward, clip, update. Returns detached loss terms (no host sync)."""
+    def train_step(self, batch: dict[str, Tensor], stage: Stage, epoch: int, position: int) -> Tensor:
+        """Forward (unrolled), backward, clip, update. Returns the detached terms [loss, 4 state terms,
+        grad norm, (4 derivative terms)] without a host sync, so GPU steps queue up between log steps."""
         torch.manual_seed(step_seed(self.cfg.seed, self.env.rank, self.step))
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         rho, Q, P = batch["rho"][:, 0], batch["Q"][:, 0], batch["P"][:, 0]
@@ -451,7 +461,7 @@ class Trainer:
         terms = [loss.detach().reshape(1), state_terms.detach(), grad_norm.detach().reshape(1).to(loss.device)]
         if deriv_terms is not None:
             terms.append(deriv_terms.detach())
-        return {"terms": torch.cat(terms)}
+        return torch.cat(terms)
 
     def _scalars(self, summed: Tensor, count: int, stage: Stage, pos: Position, rate: float) -> dict[str, float]:
         mean = (dist.all_reduce_mean(summed) / count).tolist()
@@ -538,23 +548,26 @@ class Trainer:
             )
             sampler.set_epoch(pos.epoch)
             loader = make_loader(windows, sampler, cfg.batch_size, cfg.num_workers, self.device.type == "cuda")
-            summed, count, tick = None, 0, time.perf_counter()
+            summed, count, busy = None, 0, 0.0
+            tick = time.perf_counter()
             for batch_index, batch in enumerate(loader, start=pos.step_in_epoch):
-                out = self.train_step(batch, stage, pos.epoch, batch_index * cfg.batch_size)["terms"]
+                out = self.train_step(batch, stage, pos.epoch, batch_index * cfg.batch_size)
                 summed = out if summed is None else summed + out
                 count += 1
                 self.step += 1
                 log.advance()
+                busy += time.perf_counter() - tick  # loading + training; validation and checkpoints excluded
                 if self.step % cfg.log_every == 0:
-                    rate = count * cfg.batch_size * env.world_size / (time.perf_counter() - tick)
+                    rate = count * cfg.batch_size * env.world_size / busy
                     scalars = self._scalars(summed, count, stage, pos, rate)
                     log.scalars(self.step, scalars)
                     log.line(self.step, f"loss {scalars['train/loss']:.4g} lr {scalars['lr']:.3g} "
                                         f"stage {pos.stage} n_step {stage.n_step} {rate:.1f} samples/s")
-                    summed, count, tick = None, 0, time.perf_counter()
+                    summed, count, busy = None, 0, 0.0
                 result = self._boundary(log, guard)
                 if result is not None:
                     return result
+                tick = time.perf_counter()
         return RunResult("finished", self.step, self.checkpoints.best_metric)
 
     def _boundary(self, log: RunLog, guard: ckpt.PreemptionGuard) -> RunResult | None:
@@ -608,7 +621,7 @@ class SetupError(ValueError):
     """The user's input (config, data directory, checkpoint) cannot start a run; one line, with the fix."""
 
 
-def setup(argv: Sequence[str] | None) -> tuple[TrainConfig, Any]:
+def setup(argv: Sequence[str] | None) -> tuple[TrainConfig, shards.Dataset]:
     """Parse and validate everything that does not need the process group: config and data directory."""
     args = parse_args(argv)
     try:

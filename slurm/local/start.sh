@@ -157,7 +157,7 @@ SelectTypeParameters=CR_Core
 MpiDefault=pmix
 # Bind to the address the host name resolves to (127.0.0.1, see node_ip above) instead of 0.0.0.0:
 # NoCtldInAddrAny for slurmctld, NoInAddrAny for slurmd, slurmstepd and the clients' listening
-# sockets (srun's I/O and PMIx ports, sbatch --wait, salloc).
+# sockets (srun's I/O and PMIx ports, salloc).
 $ctld_params
 # Advertise the CPUs below rather than the real core count, so tests can ask for more tasks.
 SlurmdParameters=config_overrides

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import select
 import subprocess
 import sys
 import time
@@ -144,6 +145,8 @@ def test_submitit_cancelled_job_is_reported_not_awaited(slurm_jobs, job_env, tin
                             text=True)
     job_id = None
     try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "hpc.submit printed nothing within 60 s"
         first = proc.stdout.readline()  # "submitted train job N (slurm); log: ..."
         job = re.search(r"submitted train job (\d+)", first)
         assert job, first

@@ -211,7 +211,14 @@ def test_incompatible_or_corrupt_checkpoint_in_run_dir_is_one_line_error(tiny_da
     assert train.main([*base, "model=small", "max_steps=20"]) == 2
     err = capsys.readouterr().err
     assert "holds a different model" in err and "fresh run_dir" in err and err.count("\n") == 1
-    (tmp_path / "checkpoints" / "step-00000010.pt").write_bytes(b"\x00" * 100)
+    path = tmp_path / "checkpoints" / "step-00000010.pt"
+    payload = ckpt.load_checkpoint(path)
+    payload["scales"]["rho"] *= 2  # as if trained on another data set
+    ckpt.atomic_save(payload, path)
+    assert train.main([*base, "max_steps=20"]) == 2
+    err = capsys.readouterr().err
+    assert "other normalization scales (rho:" in err and err.count("\n") == 1
+    path.write_bytes(b"\x00" * 100)
     assert train.main([*base, "max_steps=20"]) == 2
     err = capsys.readouterr().err
     assert "is unreadable" in err and err.count("\n") == 1
