@@ -12,8 +12,13 @@ wrong kernel cannot pass unnoticed.
     python benchmarks/simulate.py [--L 16 32 64] [--backends numba numba1 numpy torch cuda] [--batch 64]
                                   [--cuda-batch 4096] [--repeats 3] [--seconds 0.4] [--json PATH]
 
-numpy's elementwise operations are single-threaded, so its two rows differ only by noise. The
-default run takes about two minutes on a 2-core machine.
+``numba1`` is the numba kernel on a single trajectory (a batch of one pads nothing but has only
+one chunk, hence one thread). numpy's elementwise operations are single-threaded, so its two rows
+differ only by noise. Each backend runs in a fresh process (``--in-process`` to disable), because
+idle OpenMP threads of one runtime spinning beside another's distort multi-core timings. The
+"process CPU" column is the CPU time per step: on one thread it equals the wall time unless
+other processes took the core (this machine is shared; compare the two before trusting a row).
+The default run takes about one minute on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -138,6 +146,38 @@ def deviation(backend: str, L: int) -> float:
     return max(float(np.abs(np.asarray(x) - y).max()) for x, y in zip(out, ref))
 
 
+def measure(backend: str, args: argparse.Namespace, n_cores: int) -> list[dict]:
+    """All rows of one backend (every L; one core and the whole machine)."""
+    if backend == "cuda":
+        modes = [("GPU", None)]
+    elif backend == "numba1":  # one trajectory is one chunk: a single thread whatever the machine
+        modes = [("1 core", 1)]
+    else:
+        modes = [("1 core", 1), (f"{n_cores} cores", n_cores)]
+    batch = {"numba": args.batch, "numba1": 1, "cuda": args.cuda_batch}.get(backend, args.slow_batch)
+    kind = "numba" if backend == "numba1" else backend
+    rows = []
+    for L in args.L:
+        dev = deviation(kind, L)
+        for label, threads in modes:
+            with torch_threads(threads if kind == "torch" else None):
+                advance, sync, _ = make(kind, L, batch, threads if kind == "numba" else None)
+                wall, cpu = time_per_step(advance, sync, args.repeats, args.seconds)
+            runs = [t / batch * 1e6 for t in wall]
+            us = statistics.median(runs)
+            cpu_us = statistics.median(cpu) / batch * 1e6
+            rows.append({
+                "backend": backend, "cores": label, "threads": threads, "batch": batch, "L": L,
+                "us_per_trajectory_step": us, "us_runs": runs, "cpu_us_per_trajectory_step": cpu_us,
+                "reference_cpp_us": REFERENCE_US.get(L),
+                "speedup_vs_cpp": REFERENCE_US[L] / us if L in REFERENCE_US else None,
+                "max_dev_vs_numpy": dev,
+            })
+            print(f"  {backend:6s} {label:8s} L={L:3d} batch={batch:5d}: {us:9.3f} us/trajectory/step "
+                  f"(runs {min(runs):.3g}..{max(runs):.3g}; process CPU time {cpu_us:.3g})", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--L", type=int, nargs="+", default=[16, 32, 64])
@@ -151,11 +191,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.4, help="length of one timed run")
     parser.add_argument("--json", type=str, default=None, help="also write the numbers to this file")
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure every backend in this process (default: one fresh process per backend, "
+                             "so that one runtime's idle spinning threads cannot slow the next)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 3:
         parser.error("--repeats must be >= 3 (the median of at least three runs is reported)")
 
+    n_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     backends = list(dict.fromkeys(args.backends))
+    if args.worker:  # child of the default mode: one backend, rows to --json
+        rows = [r for b in backends for r in measure(b, args, n_cores)]
+        with open(args.json, "w") as f:
+            json.dump(rows, f)
+        return rows
     if "cuda" in backends:
         try:
             import torch
@@ -165,55 +215,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except ImportError:
             backends.remove("cuda")
 
-    n_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     rows = []
     for backend in backends:
-        if backend == "cuda":
-            modes = [("GPU", None)]
-        elif backend == "numba1":  # one trajectory is one chunk: a single thread whatever the machine
-            modes = [("1 core", 1)]
-        else:
-            modes = [("1 core", 1), (f"{n_cores} cores", n_cores)]
-        for L in args.L:
-            dev = deviation("numba" if backend == "numba1" else backend, L)
-            for label, threads in modes:
-                if backend == "numba1":
-                    batch = 1
-                elif backend == "numba":
-                    batch = args.batch
-                elif backend == "cuda":
-                    batch = args.cuda_batch
-                else:
-                    batch = args.slow_batch
-                kind = "numba" if backend == "numba1" else backend
-                with torch_threads(threads if kind == "torch" else None):
-                    advance, sync, _ = make(kind, L, batch, threads if kind == "numba" else None)
-                    wall, cpu = time_per_step(advance, sync, args.repeats, args.seconds)
-                runs = [t / batch * 1e6 for t in wall]
-                us = statistics.median(runs)
-                cpu_us = statistics.median(cpu) / batch * 1e6
-                rows.append({
-                    "backend": backend, "cores": label, "threads": threads, "batch": batch, "L": L,
-                    "us_per_trajectory_step": us, "us_runs": runs, "cpu_us_per_trajectory_step": cpu_us,
-                    "reference_cpp_us": REFERENCE_US.get(L),
-                    "speedup_vs_cpp": REFERENCE_US[L] / us if L in REFERENCE_US else None,
-                    "max_dev_vs_numpy": dev,
-                })
-                print(f"  {backend:6s} {label:8s} L={L:3d} batch={batch:5d}: {us:9.3f} us/trajectory/step "
-                      f"(runs {min(runs):.3g}..{max(runs):.3g}; process CPU time {cpu_us:.3g})", flush=True)
+        if args.in_process:
+            rows += measure(backend, args, n_cores)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "rows.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--backends", backend, "--json", out,
+                   "--L", *map(str, args.L), "--batch", str(args.batch), "--slow-batch", str(args.slow_batch),
+                   "--cuda-batch", str(args.cuda_batch), "--repeats", str(args.repeats),
+                   "--seconds", str(args.seconds)]
+            subprocess.run(cmd, check=True)
+            with open(out) as f:
+                rows += json.load(f)
 
     print()
-    print(f"RK4 step cost, median of {args.repeats} runs; {cpu_name()}")
+    print(f"RK4 step cost, median of {args.repeats} runs; {cpu_name()}, {n_cores} cores")
     print()
-    print("| backend | cores | batch | L | µs / trajectory / step | C++ reference µs | speed-up vs C++ "
-          f"| max dev vs numpy ({CHECK_STEPS} steps) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| backend | cores | batch | L | µs / trajectory / step | process CPU µs | C++ reference µs "
+          f"| speed-up vs C++ | max dev vs numpy ({CHECK_STEPS} steps) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     names = {"numba": "numba (fused kernel)", "numba1": "numba, 1 trajectory", "numpy": "numpy (batched)",
              "torch": "torch eager CPU", "cuda": "torch CUDA"}
     for r in rows:
         ref = r["reference_cpp_us"]
         print(f"| {names[r['backend']]} | {r['cores']} | {r['batch']} | {r['L']} | {r['us_per_trajectory_step']:.3g} "
-              f"| {ref if ref is not None else '-'} | {r['speedup_vs_cpp']:.1f}x | {r['max_dev_vs_numpy']:.1e} |")
+              f"| {r['cpu_us_per_trajectory_step']:.3g} | {ref if ref is not None else '-'} "
+              f"| {r['speedup_vs_cpp']:.1f}x | {r['max_dev_vs_numpy']:.1e} |")
     if args.json:
         import numba
         import torch

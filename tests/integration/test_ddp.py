@@ -1,5 +1,6 @@
-"""Multi-process training: 2-rank gloo DDP on CPU (spawn with a real TCP store, torchrun), and on the
-local Slurm cluster the sbatch script (preempted, requeued, resumed) and the submitit launcher."""
+"""Multi-process training: 2-rank gloo DDP on CPU (spawn with a real TCP store, torchrun), and on the local
+Slurm cluster the submitit launcher through a preemption (submitit's USR2). The sbatch script and
+submitit's plain and cancelled runs are covered by tests/integration/test_slurm_train.py."""
 
 from __future__ import annotations
 
@@ -123,30 +124,6 @@ def _wait_for(path: Path, job_state, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.slurm
-def test_sbatch_script_is_preempted_requeued_and_resumes(tiny_data, tmp_path, slurm_cluster, slurm_jobs):
-    """`sbatch slurm/train_parc.sh` with 2 CPU ranks; SIGUSR1 (what --signal=USR1@120 sends) makes the
-    trainer checkpoint and requeue; the restarted job resumes and finishes the run."""
-    run_dir, log = tmp_path / "run", tmp_path / "job.out"
-    env = {**slurm_cluster, "HOLSTEIN_PYTHON": sys.executable}
-    submit = ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1",
-              f"--output={log}", f"--chdir={ROOT}", str(ROOT / "slurm/train_parc.sh"), TINY,
-              f"data={tiny_data}", f"run_dir={run_dir}", "curriculum.batches_per_epoch=100", "ckpt_every=10"]
-    job_id = subprocess.run(submit, env=env, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        _wait_for(run_dir / "checkpoints" / "step-00000010.pt", lambda: slurm_jobs.sacct_state(job_id))
-        slurm_jobs.run(["scancel", "--signal=USR1", job_id])
-        state = slurm_jobs.wait_state(job_id, timeout=180)
-    finally:
-        slurm_jobs.run(["scancel", job_id], check=False)
-    output = log.read_text()
-    assert state == "COMPLETED", output
-    assert "2 task(s)" in output and "received SIGUSR1" in output and "job requeued" in output
-    assert "(restart 1)" in output and "resuming from" in output
-    final = ckpt.load_checkpoint(run_dir / "checkpoints" / "step-00000300.pt")
-    assert final["world_size"] == 2
-
-
 def _submit_cmd(tiny_data: Path, tmp_path: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "hpc.submit", "train", "--config", TINY, "--tasks-per-node", "2",
             "--cpus-per-task", "1", "--timeout-min", "10", "--folder", str(tmp_path / "submitit"), "--poll-s", "0.5",
@@ -178,24 +155,3 @@ def test_submit_cli_survives_preemption_and_reports_the_result(tiny_data, tmp_pa
     log = (tmp_path / "submitit" / f"{job_id}_0_log.out").read_text()
     assert "received SIGUSR2" in log and "job requeued" in log and "resuming from" in log
     assert ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000150.pt")["world_size"] == 2
-
-
-@pytest.mark.slurm
-def test_submit_cli_reports_a_cancelled_job(tiny_data, tmp_path, slurm_cluster, slurm_jobs):
-    proc = subprocess.Popen(_submit_cmd(tiny_data, tmp_path, "curriculum.batches_per_epoch=100000"), cwd=ROOT,
-                            env=slurm_cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    job_id = None
-    try:
-        first = proc.stdout.readline()
-        assert first.startswith("submitted train job"), first
-        job_id = first.split()[3]
-        _wait_for(tmp_path / "run" / "config.yaml", lambda: slurm_jobs.sacct_state(job_id))
-        slurm_jobs.run(["scancel", job_id])
-        out = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        if job_id:
-            slurm_jobs.run(["scancel", job_id], check=False)
-    assert proc.returncode == 1, out
-    assert f"job {job_id} ended as CANCELLED" in out
