@@ -160,6 +160,17 @@ def shutdown() -> None:
     """Leave the process group (if one was joined); the env is forgotten so init can run again."""
     global _ENV
     if dist.is_available() and dist.is_initialized():
+        # Meet before tearing down: a rank that destroys its gloo pairs (or whose TCP store host,
+        # rank 0, exits) while a peer is still in teardown can abort that peer at interpreter exit
+        # ("terminate called without an active exception"), failing a finished job.
+        if dist.get_world_size() > 1:
+            try:
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+                else:
+                    dist.barrier()
+            except RuntimeError:
+                pass  # a peer already failed; its error is the one to report
         dist.destroy_process_group()
     _ENV = None
 

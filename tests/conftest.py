@@ -25,3 +25,32 @@ def pretrained_dir() -> Path:
     if not PRETRAINED.is_dir():
         pytest.skip(f"pretrained reference models not found at {PRETRAINED} (set HOLSTEIN_SHARED)")
     return PRETRAINED
+
+TINY_DATA_CONFIG = ROOT / "configs" / "data" / "tiny.yaml"
+
+
+def generate_dataset(out: Path, config: Path = TINY_DATA_CONFIG, *overrides: str) -> Path:
+    """Make a dataset with the real CLI (serial backend) in a subprocess; return its directory."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "holstein_dist.generate", "--config", str(config), "--out", str(out),
+            "--backend", "serial", *overrides]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """configs/data/tiny.yaml (L=16 deep quench, seconds), generated once per session by the real command."""
+    return generate_dataset(tmp_path_factory.mktemp("tiny-data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def reference_model(pretrained_dir: Path) -> Path:
+    """The original tiny shallow-quench L=16 model (original checkpoint format)."""
+    path = pretrained_dir / "tiny-quench_0p5_0p8-L_16"
+    if not path.is_dir():
+        pytest.skip(f"reference model {path} not found")
+    return path

@@ -185,7 +185,6 @@ def pytest_terminal_summary(terminalreporter):
 # test-specific inputs are sbatch flags and environment variables the scripts already document.
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_DATA_CONFIG = REPO / "configs" / "data" / "tiny.yaml"
 TINY_TRAIN_CONFIG = REPO / "configs" / "train" / "tiny.yaml"
 
 # Keep the servers these jobs start on loopback (slurm/local/README.md, "What listens where"):
@@ -266,12 +265,3 @@ def slurm_scripts(job_env, tmp_path) -> ScriptJobs:
     return ScriptJobs(job_env, tmp_path)
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """The tiny dataset, made once per session by the serial backend (the reference for the other backends)."""
-    out = tmp_path_factory.mktemp("tiny-data") / "tiny"
-    argv = [sys.executable, "-m", "holstein_dist.generate", "--config", str(TINY_DATA_CONFIG), "--out", str(out),
-            "--backend", "serial"]
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return out

@@ -26,15 +26,6 @@ TINY = str(ROOT / "configs/train/tiny.yaml")
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """The tiny deep-quench data set, generated once per session by the real command."""
-    out = tmp_path_factory.getbasetemp() / "tiny-data"
-    if not (out / "manifest.json").is_file():
-        cmd = [sys.executable, "-m", "holstein_dist.generate", "--config", str(ROOT / "configs/data/tiny.yaml"),
-               "--out", str(out), "--backend", "serial"]
-        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-    return out
 
 
 def _free_port() -> int:

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -43,12 +42,6 @@ def torchrun_evaluate(nproc: int, args: list[str]) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
-def reference_model(pretrained_dir: Path) -> Path:
-    model = pretrained_dir / "tiny-quench_0p5_0p8-L_16"
-    if not model.is_dir():
-        pytest.skip(f"reference model {model} not found")
-    return model
 
 
 @pytest.mark.integration
@@ -65,23 +58,3 @@ def test_two_ranks_write_the_single_process_report(tmp_path: Path, shallow_data:
     # Only float32 rounding inside the CNN differs (thread count, batch composition).
     assert numeric_differences(two, one, rtol=1e-6, atol=1e-6) == []
     assert sorted(two["plots"]) == sorted(one["plots"])
-
-
-@pytest.mark.integration
-@pytest.mark.slurm
-def test_sbatch_script_evaluates_with_two_srun_ranks(slurm_jobs: Any, tmp_path: Path, shallow_data: Path,
-                                                     reference_model: Path) -> None:
-    out = tmp_path / "eval"
-    # The real script with its own #SBATCH header; only the size of the job and the interpreter are chosen here.
-    proc = slurm_jobs.run([
-        "sbatch", "--parsable", "--wait", "--ntasks-per-node=2", "--cpus-per-task=1", f"--chdir={ROOT}",
-        f"--output={slurm_jobs.workdir}/%j.out", f"--export=ALL,HOLSTEIN_PYTHON={sys.executable}",
-        str(ROOT / "slurm" / "evaluate.sh"), "--checkpoint", str(reference_model), "--data", str(shallow_data),
-        "--out", str(out), "--steps", "20",
-    ], timeout=180)
-    job_id = proc.stdout.strip().split(";")[0]
-    assert proc.returncode == 0, slurm_jobs.output(job_id)[-3000:] + proc.stderr
-    report = json.loads((out / "report.json").read_text())
-    assert report["timing"]["world_size"] == 2
-    assert report["data"]["rollouts"] == 5 and report["divergent_fraction"] == 0.0
-    assert "holstein-evaluate: 2 ranks on 1 node(s), 1 threads each" in slurm_jobs.output(job_id)

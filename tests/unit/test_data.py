@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -25,15 +23,6 @@ from holstein_dist.data import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """The tiny deep-quench data set, generated once per session by the real command."""
-    out = tmp_path_factory.getbasetemp() / "tiny-data"
-    if not (out / "manifest.json").is_file():
-        cmd = [sys.executable, "-m", "holstein_dist.generate", "--config", str(ROOT / "configs/data/tiny.yaml"),
-               "--out", str(out), "--backend", "serial"]
-        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-    return out
 
 
 def test_windows_match_the_shards(tiny_data):

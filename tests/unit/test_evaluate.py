@@ -24,7 +24,6 @@ from holstein_dist.report import VOLATILE_SECTIONS, numeric_differences
 from holstein_dist.shards import open_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_NAME = "tiny-quench_0p5_0p8-L_16"
 N_TEST, N_STEPS = 8, 60
 
 REQUIRED_KEYS = [
@@ -59,12 +58,6 @@ def shallow_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "splits.train=2", "splits.val=1", f"splits.test={N_TEST}", f"n_steps={N_STEPS}")
 
 
-@pytest.fixture(scope="session")
-def reference_model(pretrained_dir: Path) -> Path:
-    path = pretrained_dir / REFERENCE_NAME
-    if not path.is_dir():
-        pytest.skip(f"reference model {path} not found")
-    return path
 
 
 def run(*args: Any) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/train/tiny.yaml")
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """The tiny deep-quench data set, generated once per session by the real command."""
-    out = tmp_path_factory.getbasetemp() / "tiny-data"
-    if not (out / "manifest.json").is_file():
-        cmd = [sys.executable, "-m", "holstein_dist.generate", "--config", str(ROOT / "configs/data/tiny.yaml"),
-               "--out", str(out), "--backend", "serial"]
-        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-    return out
 
 
 def run_tiny(data: Path, run_dir: Path, *overrides: str) -> None:
