@@ -7,6 +7,8 @@ trajectories) with a local Dask cluster of 1 and of 2 worker processes and print
   recorded, the cluster already up and its workers warmed (imports, numba cache);
 * parallel efficiency = rate(2 workers) / (2 x rate(1 worker));
 * the fraction of the workers' task time spent writing (HDF5 writes, fsync, sha256);
+* the rate per worker while inside a task (trajectory-steps / task seconds): next to the wall-clock
+  rate it separates time lost between tasks from time lost inside them (e.g. to a busy machine);
 * the single-process integrator speed: the same batch stepped with no I/O at all (the ceiling).
 
 Both runs must produce bit-identical data; the benchmark checks that too.
@@ -63,6 +65,7 @@ def generation_run(cfg: DataConfig, out: Path, workers: int) -> dict[str, float]
         summary = generate.run(cfg, out, fanout, interactive=False, virtual=False)
     return {"workers": workers, "startup_s": startup, "wall_s": summary.wall_s,
             "rate": summary.traj_steps_per_s, "write_fraction": summary.write_fraction,
+            "task_rate": summary.traj_steps / (summary.compute_s + summary.write_s),
             "traj_steps": summary.traj_steps, "bytes": summary.bytes}
 
 
@@ -104,12 +107,13 @@ def main() -> None:
     print(f"single-process integrator (batch {cfg.shard_size}, no I/O): {single:,.0f} trajectory-steps/s "
           f"({1e6 / single:.2f} us per trajectory-step)")
     print(f"{'workers':>8} {'startup s':>10} {'wall s':>8} {'traj-steps/s':>14} {'vs integrator':>14} "
-          f"{'efficiency':>11} {'writing':>8}")
+          f"{'efficiency':>11} {'writing':>8} {'in-task/worker':>15}")
     base_rate = runs[0]["rate"] / runs[0]["workers"]
     for r in runs:
         efficiency = r["rate"] / (r["workers"] * base_rate)
         print(f"{r['workers']:>8} {r['startup_s']:>10.2f} {r['wall_s']:>8.2f} {r['rate']:>14,.0f} "
-              f"{r['rate'] / (r['workers'] * single):>13.0%} {efficiency:>11.0%} {r['write_fraction']:>8.1%}")
+              f"{r['rate'] / (r['workers'] * single):>13.0%} {efficiency:>11.0%} {r['write_fraction']:>8.1%} "
+              f"{r['task_rate']:>15,.0f}")
     print(f"bit-identical across worker counts: {identical}")
 
 
