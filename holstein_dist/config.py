@@ -89,14 +89,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r}; valid keys: {', '.join(sorted(fields))}"
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(sorted(fields))}"
         )
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
         if name not in data:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"config key {prefix}{name!r} is required; add it to the file or pass {name}=...")
+                raise ConfigError(f"config key '{prefix}{name}' is required; add it to the file or pass {name}=...")
             continue
         kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}")
     try:
@@ -157,6 +157,12 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number the user meant.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
         return float(value)

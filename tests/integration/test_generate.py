@@ -353,7 +353,7 @@ def test_interrupt_and_kill_then_resume(many_shards_arrays, tmp_path):
     first = wait_for_complete_shards(out, 2, proc)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "re-run the same command to resume" in err
+    assert proc.returncode == 130 and "re-run the same command to resume" in err, err[-3000:]
     manifest = json.loads((out / sh.MANIFEST).read_text())
     recorded = sum(e["status"] == "complete" for e in manifest["shards"])
     assert first <= recorded < len(manifest["shards"])
