@@ -22,6 +22,7 @@ import cloudpickle
 import h5py
 import numpy as np
 import pytest
+from dataset_arrays import dataset_arrays
 
 from holstein_dist import generate, physics
 from holstein_dist import shards as sh
@@ -32,7 +33,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "data" / "tiny.yaml"
-DATA_KEYS = sh.SNAPSHOT_KEYS + sh.MID_KEYS + ("energy", "t0", "traj_id")
 # More, smaller shards for the interruption tests: a signal then lands between shards with room to spare.
 MANY_SHARDS = ["splits.train=16", "shard_size=1", "n_steps=120"]
 
@@ -53,20 +53,10 @@ def generate_serial(out: Path, *overrides: str) -> generate.RunSummary:
     return generate.run(cfg, out, generate.Fanout(), interactive=False)
 
 
-def all_arrays(root: Path) -> dict[tuple[str, str], np.ndarray]:
-    """Every dataset of every split, trajectories in split order (independent of shard layout)."""
-    ds = sh.open_dataset(root, verify=True)
-    out = {}
-    for name in ds.splits:
-        split = ds.split(name)
-        for key, value in split.read_many(range(split.n_trajectories), keys=DATA_KEYS).items():
-            out[name, key] = value
-    return out
-
 
 def assert_same_data(a: Path | dict, b: Path) -> None:
-    left = a if isinstance(a, dict) else all_arrays(a)
-    right = all_arrays(b)
+    left = a if isinstance(a, dict) else dataset_arrays(a)
+    right = dataset_arrays(b)
     assert left.keys() == right.keys()
     for key in left:
         assert left[key].dtype == right[key].dtype, key
@@ -87,7 +77,7 @@ def reference(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_arrays(reference) -> dict:
-    return all_arrays(reference)
+    return dataset_arrays(reference)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +85,7 @@ def many_shards_arrays(tmp_path_factory) -> dict:
     """Reference data of the MANY_SHARDS variant (20 one-trajectory shards)."""
     out = tmp_path_factory.mktemp("many") / "tiny"
     generate_serial(out, *MANY_SHARDS)
-    return all_arrays(out)
+    return dataset_arrays(out)
 
 
 def copy_of(reference: Path, tmp_path: Path) -> Path:

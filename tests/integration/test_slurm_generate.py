@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dataset_arrays import dataset_arrays
 
 from holstein_dist import shards as sh
 
@@ -29,29 +30,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 REPO = Path(__file__).resolve().parents[2]
 GENERATE_SH = REPO / "slurm" / "generate.sh"
 TINY = REPO / "configs" / "data" / "tiny.yaml"
-DATA_KEYS = sh.SNAPSHOT_KEYS + sh.MID_KEYS + ("energy", "t0", "traj_id")
 # One trajectory per shard: 8 tasks, so both ranks/workers get some (the manifest records who did each).
 SMALL_SHARDS = "shard_size=1"
 
 
-def all_arrays(root: Path) -> dict[tuple[str, str], np.ndarray]:
-    """Every stored array of every split, trajectories in split order (shard layout does not matter)."""
-    ds = sh.open_dataset(root, verify=True)
-    out = {}
-    for name in ds.splits:
-        split = ds.split(name)
-        for key, value in split.read_many(range(split.n_trajectories), keys=DATA_KEYS).items():
-            out[name, key] = value
-    return out
-
 
 @pytest.fixture(scope="module")
 def reference(tiny_data) -> dict[tuple[str, str], np.ndarray]:
-    return all_arrays(tiny_data)
+    return dataset_arrays(tiny_data)
 
 
 def assert_bit_identical(reference: dict, out: Path) -> None:
-    got = all_arrays(out)
+    got = dataset_arrays(out)
     assert got.keys() == reference.keys()
     for key, want in reference.items():
         assert got[key].dtype == want.dtype, key

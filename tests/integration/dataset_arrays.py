@@ -1,0 +1,22 @@
+"""Read a whole dataset back for bit-for-bit comparisons between backends (imported by the tests here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from holstein_dist import shards
+
+KEYS = shards.SNAPSHOT_KEYS + shards.MID_KEYS + ("energy", "t0", "traj_id")
+
+
+def dataset_arrays(root: Path) -> dict[tuple[str, str], np.ndarray]:
+    """Every stored array of every split, trajectories in split order (the shard layout does not matter)."""
+    ds = shards.open_dataset(root, verify=True)
+    out = {}
+    for name in ds.splits:
+        split = ds.split(name)
+        for key, value in split.read_many(range(split.n_trajectories), keys=KEYS).items():
+            out[name, key] = value
+    return out
