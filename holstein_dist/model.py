@@ -11,6 +11,7 @@ same layout, which lets ``load_model`` serve both formats.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import json
@@ -179,7 +180,7 @@ class ScaledCNN(nn.Module):
 # --------------------------------------------------------------------------- surrogates
 
 
-class Surrogate(nn.Module):
+class Surrogate(nn.Module, abc.ABC):
     """Common interface: ``forward`` for training, ``step``/``rollout`` for evaluation.
 
     Subclasses implement ``increment``; ``next = state + increment``.
@@ -190,9 +191,9 @@ class Surrogate(nn.Module):
         self.config = cfg
         self.scales = {key: float(scales[key]) for key in SCALE_KEYS}
 
+    @abc.abstractmethod
     def increment(self, rho: Tensor, Q: Tensor, P: Tensor) -> tuple[State, State | None]:
         """(one-snapshot increment, differentiator output or None for a model without one)."""
-        raise NotImplementedError
 
     def forward(self, rho: Tensor, Q: Tensor, P: Tensor, return_derivative: bool = False) -> Any:
         """Differentiable one-step prediction; the derivative option lives on forward (not a separate
