@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from holstein_dist.config import from_dict
 
@@ -86,9 +87,34 @@ def unembed(x: Tensor) -> State:
 # --------------------------------------------------------------------------- network body
 
 
+class CircularConv2d(nn.Conv2d):
+    """'same' convolution on a torus: the chain is a ring, so site L-1 neighbours site 0 in both rho indices.
+
+    Same parameters (and state-dict keys) as ``nn.Conv2d(..., padding='same', padding_mode='circular')``
+    and the same numbers, but the wrap-around is built with two ``torch.cat`` of edge slices: torch's
+    circular ``F.pad`` fills a zero tensor and copies five slices (and as many back in the backward
+    pass), which was ~15% of a medium-PARC training step on CPU.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int) -> None:
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd for a 'same' circular convolution, got {kernel_size}")
+        super().__init__(c_in, c_out, kernel_size, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(circular_pad(x, self.kernel_size[0] // 2), self.weight, self.bias)
+
+
+def circular_pad(x: Tensor, p: int) -> Tensor:
+    """Pad the last two dimensions by ``p`` with wrap-around (periodic) values."""
+    if p == 0:
+        return x
+    x = torch.cat([x[..., -p:, :], x, x[..., :p, :]], dim=-2)
+    return torch.cat([x[..., :, -p:], x, x[..., :, :p]], dim=-1)
+
+
 def _circular_conv(c_in: int, c_out: int, kernel_size: int) -> nn.Conv2d:
-    # Circular padding because the chain is a ring: site L-1 neighbours site 0 in both rho indices.
-    return nn.Conv2d(c_in, c_out, kernel_size, padding="same", padding_mode="circular")
+    return CircularConv2d(c_in, c_out, kernel_size)
 
 
 class ChannelLayerNorm(nn.Module):

@@ -365,3 +365,20 @@ def test_bad_inputs_raise_one_line_value_errors(tmp_path):
         message = str(info.value)
         assert fragment in message, f"{name}: {message}"
         assert "\n" not in message, name
+
+
+def test_circular_conv_equals_torch_circular_padding_forward_and_backward():
+    from holstein_dist.model import CircularConv2d
+
+    torch.manual_seed(0)
+    ours = CircularConv2d(5, 6, 3)
+    ref = torch.nn.Conv2d(5, 6, 3, padding="same", padding_mode="circular")
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 8, 8, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = ours(x), ref(x_ref)
+    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
