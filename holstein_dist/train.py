@@ -111,8 +111,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``: the GPU hpc.dist assigned to this rank if CUDA is available, else CPU."""
     channels_last: bool = False
-    """Keep convolution weights and activations channels-last (NHWC): same arithmetic, ~2-3x faster for the
-    C=128 PARC on CPU (benchmarks/train_step.py), slower for the tiny CNN."""
+    """Keep convolution weights and activations channels-last (NHWC): same arithmetic, ~5-10% faster for the
+    C=128 PARC on CPU (benchmarks/train_step.py) (not measured on GPU here)."""
     bf16: bool = False
     """bfloat16 autocast for the convolutions; the state and the loss stay float32. Not the paper's arithmetic
     (gradients differ ~1e-3) but ~1.8x faster for the medium PARC even on a CPU with AVX512-BF16."""
