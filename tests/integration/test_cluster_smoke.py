@@ -2,6 +2,7 @@
 under srun and mpirun, accounting records finished and cancelled jobs, and requeue and preemption
 behave as the submitit launcher expects."""
 
+import re
 import shlex
 import sys
 
@@ -16,7 +17,9 @@ TWO_RANKS = ["rank 0 size 2", "rank 1 size 2"]
 
 
 def rank_lines(text: str) -> list[str]:
-    return sorted(line for line in text.splitlines() if line.startswith("rank "))
+    # Two ranks writing to one job output can interleave without a newline between them
+    # ("rank 0 size 2rank 1 size 2"), so find the records rather than split lines.
+    return sorted(re.findall(r"rank \d+ size \d+", text))
 
 
 def test_sbatch_wait_runs_a_batch_script(slurm_jobs):
