@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from hpc.files import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -188,7 +190,4 @@ def _plain(value: Any) -> Any:
 
 def save_resolved(obj: Any, path: str | Path) -> None:
     """Write the resolved config next to a run's outputs (atomically), so the run can be reproduced."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), path)

@@ -38,12 +38,10 @@ from holstein_dist.shards import (
     ShardWriter,
     config_differences,
     file_sha256,
-    is_temp_name,
     mark_complete,
     mark_pending,
     new_manifest,
     plan_shards,
-    publish,
     read_manifest,
     refresh_summary,
     utc_now,
@@ -51,6 +49,7 @@ from holstein_dist.shards import (
     write_virtual_split,
 )
 from hpc.fanout import BACKENDS, Fanout, is_coordinator_process, open_fanout
+from hpc.files import is_temp_name, publish
 
 LOCK = ".lock"
 RESOLVED_CONFIG = "config.yaml"

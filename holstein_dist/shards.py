@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,12 +31,12 @@ import numpy as np
 import holstein_dist
 from holstein_dist import physics
 from holstein_dist.config import ConfigError, from_dict, to_dict
+from hpc.files import atomic_write_text, fsync_path, publish, temp_name
 
 FORMAT = "holstein-dist-shards"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
-TMP_SUFFIX = ".tmp"
 # One chunk holds one trajectory x TIME_CHUNK snapshots: a curriculum window of up to 16 rollout steps
 # (17 snapshots) is then one or two chunk reads, never a scan across trajectories.
 TIME_CHUNK = 17
@@ -266,41 +265,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or directory (a rename is durable only once its directory is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temp_name(final: Path) -> Path:
-    """Hidden, unique temporary name beside ``final``: never matched as a shard, never shared."""
-    return final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
-
-
-def is_temp_name(path: Path) -> bool:
-    return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
-
-
-def publish(tmp: Path, final: Path) -> None:
-    """Atomically move a sealed temporary file to its final name and make the rename durable."""
-    os.replace(tmp, final)
-    fsync_path(final.parent)
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(json.dumps(obj, indent=1), path)
 
 
 def utc_now() -> str:

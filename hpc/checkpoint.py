@@ -6,16 +6,15 @@ the trainer decides the contents. Layout of a checkpoint directory::
     step-00001200.pt   the latest ``keep`` periodic checkpoints (step number zero-padded, so names sort)
     best.pt            the checkpoint with the lowest validation metric so far
 
-Every file is written to a temporary name in the same directory, fsynced, then renamed over the final
-name (``os.replace`` is atomic on POSIX), so a job killed at any instant leaves either the old file or the
-new one, never a torn one. Leftover ``*.tmp`` files from such a kill are ignored and cleaned up.
+Every file is written with ``hpc.files.atomic_write_bytes`` (temporary name, fsync, rename), so a job killed
+at any instant leaves either the old file or the new one, never a torn one. Leftover temporaries from such
+a kill are ignored and cleaned up.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import os
 import random
 import re
 import signal
@@ -28,6 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from hpc.dist import slurm_job_id
+from hpc.files import atomic_write_bytes, is_temp_name
 
 BEST_NAME = "best.pt"
 _STEP_RE = re.compile(r"step-(\d{8,})\.pt")
@@ -43,36 +45,6 @@ def step_name(step: int) -> str:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself must reach the disk too, or a crash can resurrect the old directory entry.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    """Write ``data`` to ``path`` via a temporary file + fsync + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 def serialize(payload: Mapping[str, Any]) -> bytes:
@@ -169,9 +141,9 @@ class CheckpointManager:
     def _prune(self) -> None:
         for _, old in list_checkpoints(self.directory)[: -self.keep]:
             old.unlink(missing_ok=True)
-        for stale in self.directory.glob(".*.tmp"):
-            # Temporaries of a process killed mid-write; ours of this process were already renamed.
-            if not stale.name.endswith(f".{os.getpid()}.tmp"):
+        for stale in self.directory.iterdir():
+            # Temporaries of a process killed mid-write; this process's own writes are already renamed.
+            if is_temp_name(stale):
                 stale.unlink(missing_ok=True)
 
 
@@ -254,8 +226,7 @@ def requeue_slurm_job() -> bool:
 
     The job keeps its id and its ``run_dir``, so the restarted job resumes from the checkpoint on disk.
     """
-    # SLURM_JOB_ID is unique per array element too, so it is the right handle in every case.
-    job_id = os.environ.get("SLURM_JOB_ID")
+    job_id = slurm_job_id()
     if not job_id:
         return False
     try:

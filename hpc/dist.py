@@ -66,6 +66,11 @@ def _int_env(name: str, default: int | None = None) -> int:
         raise RuntimeError(f"environment variable {name}={raw!r} is not an integer; fix the launcher") from None
 
 
+def slurm_job_id() -> str | None:
+    """The Slurm job id when running inside a job (unique per array element too), else None."""
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
 def _in_slurm_step() -> bool:
     return "SLURM_JOB_ID" in os.environ and ("SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ)
 

@@ -22,12 +22,13 @@ import cloudpickle
 import h5py
 import numpy as np
 import pytest
-from dataset_arrays import dataset_arrays
+from helpers import dataset_arrays
 
 from holstein_dist import generate, physics
 from holstein_dist import shards as sh
 from holstein_dist.config import load_config
 from hpc.fanout import DaskFanout
+from hpc.files import is_temp_name
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def assert_same_data(a: Path | dict, b: Path) -> None:
 
 
 def temporaries(root: Path) -> list[Path]:
-    return [p for d in (root, root / sh.SHARD_DIR) for p in d.iterdir() if sh.is_temp_name(p)]
+    return [p for d in (root, root / sh.SHARD_DIR) for p in d.iterdir() if is_temp_name(p)]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import holstein_dist
 from holstein_dist import physics
 from holstein_dist import shards as sh
 from holstein_dist.config import from_dict
+from hpc.files import is_temp_name, publish
 
 L, T = 4, 20  # T intervals: 21 snapshots = 2 time chunks of 17 (exercises the partial last block)
 
@@ -42,7 +43,7 @@ def write_shard(root, cfg, spec) -> dict:
             if s < cfg.n_steps:
                 w.mid(s, *encoded_state(spec.traj_ids, s + 0.5))
         tmp, sha, size = w.seal(t0=0.01 * spec.traj_ids)
-    sh.publish(tmp, root / spec.file)
+    publish(tmp, root / spec.file)
     return dict(sha256=sha, size=size, scales=dict(w.scales.values))
 
 
@@ -129,7 +130,7 @@ def test_interrupted_writer_leaves_no_file(tmp_path, error):
     spec = sh.plan_shards(cfg)[0]
     with pytest.raises(error), sh.ShardWriter(tmp_path, cfg, spec) as w:
         w.snapshot(0, *encoded_state(spec.traj_ids, 0))
-        assert w.tmp.exists() and sh.is_temp_name(w.tmp)
+        assert w.tmp.exists() and is_temp_name(w.tmp)
         raise error()
     assert list((tmp_path / sh.SHARD_DIR).iterdir()) == []
 
@@ -179,7 +180,7 @@ def test_manifest_tracks_completion(tmp_path):
     assert manifest["complete"] is False
     sh.write_manifest(tmp_path, manifest)
     assert sh.read_manifest(tmp_path) == json.loads(json.dumps(manifest))
-    assert [p.name for p in tmp_path.iterdir() if sh.is_temp_name(p)] == []
+    assert [p.name for p in tmp_path.iterdir() if is_temp_name(p)] == []
     sh.mark_pending(manifest["shards"][0])
     assert manifest["shards"][0]["status"] == "pending" and "sha256" not in manifest["shards"][0]
 
