@@ -30,15 +30,17 @@ TINY_DATA_CONFIG = ROOT / "configs" / "data" / "tiny.yaml"
 
 
 def generate_dataset(out: Path, config: Path = TINY_DATA_CONFIG, *overrides: str) -> Path:
-    """Make a dataset with the real CLI (serial backend) in a subprocess; return its directory."""
-    import subprocess
-    import sys
+    """Make a dataset with the real CLI entry point (serial backend, in this process); return its directory."""
+    from holstein_dist.generate import main
 
-    argv = [sys.executable, "-m", "holstein_dist.generate", "--config", str(config), "--out", str(out),
-            "--backend", "serial", *overrides]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert main(["--config", str(config), "--out", str(out), "--backend", "serial", *overrides]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def make_dataset():
+    """``make_dataset(out, config, *overrides)``: generate a dataset in a test's own directory."""
+    return generate_dataset
 
 
 @pytest.fixture(scope="session")

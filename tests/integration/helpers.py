@@ -1,7 +1,8 @@
-"""Read a whole dataset back for bit-for-bit comparisons between backends (imported by the tests here)."""
+"""Small helpers shared by the integration tests here (imported as ``helpers``)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,3 +21,10 @@ def dataset_arrays(root: Path) -> dict[tuple[str, str], np.ndarray]:
         for key, value in split.read_many(range(split.n_trajectories), keys=KEYS).items():
             out[name, key] = value
     return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (rendezvous for torchrun / mp.spawn)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

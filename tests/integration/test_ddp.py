@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from holstein_dist import train
 from holstein_dist.data import open_data
@@ -27,11 +27,6 @@ pytestmark = pytest.mark.integration
 
 
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clean_env() -> dict[str, str]:
@@ -70,7 +65,7 @@ def _rank_main(rank: int, world: int, port: int, data: str, run_dir: str, out: s
 def test_two_rank_ddp_keeps_replicas_in_sync(tiny_data, tmp_path):
     """Ranks draw different windows, noise and dropout; DDP's gradient averaging keeps weights identical."""
     run_dir = tmp_path / "run"
-    mp.start_processes(_rank_main, args=(2, _free_port(), str(tiny_data), str(run_dir), str(tmp_path)),
+    mp.start_processes(_rank_main, args=(2, free_port(), str(tiny_data), str(run_dir), str(tmp_path)),
                        nprocs=2, join=True, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0["helpers"]["env"] == (0, 2, True, "cpu") and r1["helpers"]["env"] == (1, 2, False, "cpu")

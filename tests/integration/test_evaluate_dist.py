@@ -5,33 +5,24 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from holstein_dist import evaluate
-from holstein_dist.generate import main as generate_main
 from holstein_dist.report import numeric_differences
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def shallow_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "shallow_L16"
-    rc = generate_main(["--config", str(ROOT / "configs/data/shallow_L16.yaml"), "--out", str(out), "--backend",
-                        "serial", "--no-virtual", "splits.train=1", "splits.val=0", "splits.test=5", "n_steps=40"])
-    assert rc == 0
-    return out
+def shallow_data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "shallow_L16", ROOT / "configs/data/shallow_L16.yaml",
+                        "--no-virtual", "splits.train=1", "splits.val=0", "splits.test=5", "n_steps=40")
 
 
 def torchrun_evaluate(nproc: int, args: list[str]) -> None:

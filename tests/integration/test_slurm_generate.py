@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_arrays import dataset_arrays
+from helpers import dataset_arrays
 
 from holstein_dist import shards as sh
 

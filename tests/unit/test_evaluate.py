@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from holstein_dist import evaluate
-from holstein_dist.generate import main as generate_main
 from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model, load_model, model_payload
 from holstein_dist.report import VOLATILE_SECTIONS, numeric_differences
 from holstein_dist.shards import open_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
+SHALLOW_CONFIG = ROOT / "configs" / "data" / "shallow_L16.yaml"
 N_TEST, N_STEPS = 8, 60
 
 REQUIRED_KEYS = [
@@ -43,21 +43,11 @@ REQUIRED_KEYS = [
 ]  # fmt: skip
 
 
-def generate(out: Path, *overrides: str) -> Path:
-    """A small shallow-quench dataset through the real generator (serial backend, in process)."""
-    rc = generate_main(["--config", str(ROOT / "configs/data/shallow_L16.yaml"), "--out", str(out),
-                        "--backend", "serial", "--no-virtual", *overrides])
-    assert rc == 0
-    return out
-
-
 @pytest.fixture(scope="session")
-def shallow_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shallow_data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> Path:
     # Shallow 0.5 -> 0.8 at save_interval 64: the reference tiny model's 0.64 snapshot interval.
-    return generate(tmp_path_factory.mktemp("data") / "shallow_L16",
-                    "splits.train=2", "splits.val=1", f"splits.test={N_TEST}", f"n_steps={N_STEPS}")
-
-
+    return make_dataset(tmp_path_factory.mktemp("data") / "shallow_L16", SHALLOW_CONFIG, "--no-virtual",
+                        "splits.train=2", "splits.val=1", f"splits.test={N_TEST}", f"n_steps={N_STEPS}")
 
 
 def run(*args: Any) -> int:
@@ -274,9 +264,9 @@ def test_jsonable_turns_non_finite_numbers_into_null() -> None:
 
 
 @pytest.fixture(scope="session")
-def small_l8_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate(tmp_path_factory.mktemp("data") / "shallow_L8", "L=8", "n_steps=2", "splits.train=1",
-                    "splits.val=0", "splits.test=1")
+def small_l8_data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "shallow_L8", SHALLOW_CONFIG, "--no-virtual", "L=8",
+                        "n_steps=2", "splits.train=1", "splits.val=0", "splits.test=1")
 
 
 def bad_input_cases(data: Path, model: Path, tmp: Path, l8_data: Path) -> list[tuple[list[Any], str]]:
