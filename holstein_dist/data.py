@@ -178,6 +178,7 @@ def input_noise(
         rng = np.random.default_rng([seed, rank, epoch, first_position + j])
         noise[j] = rng.standard_normal(noise.shape[1], dtype=np.float32)
     noise *= std
+    noise[:, : 2 * L * L] *= np.float32(np.sqrt(0.5))
     t = torch.from_numpy(noise)
     n_rho = torch.complex(t[:, : L * L], t[:, L * L : 2 * L * L]).reshape(B, L, L)
     return n_rho.to(rho.device), t[:, 2 * L * L : 2 * L * L + L].to(Q.device), t[:, 2 * L * L + L :].to(Q.device)

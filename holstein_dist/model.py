@@ -50,6 +50,10 @@ class ModelConfig:
     """Spatial kernel of every convolution except the 1x1 output conv; odd, so 'same' padding is centred."""
     dropout: float = 0.2
     """Channel-wise (Dropout2d) probability inside each residual block; inactive in eval mode."""
+    constrain_rho: bool = False
+    """Project every predicted rho increment onto Hermitian, trace-zero matrices, so a rollout keeps rho
+    Hermitian with the particle number of its initial state by construction (a linear, differentiable
+    projection; the published models have no such layer)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("simple", "parc"):
@@ -229,6 +233,8 @@ class Surrogate(nn.Module, abc.ABC):
         is None for SimpleCNN).
         """
         (d_rho, d_Q, d_P), derivative = self.increment(rho, Q, P)
+        if self.config.constrain_rho:
+            d_rho = hermitian_traceless(d_rho)
         nxt = (rho + d_rho, Q + d_Q, P + d_P)
         return (nxt, derivative) if return_derivative else nxt
 
@@ -306,6 +312,13 @@ class PARC(Surrogate):
     def increment(self, rho: Tensor, Q: Tensor, P: Tensor) -> tuple[State, State | None]:
         derivative = self.differentiator(rho, Q, P)
         return self.integrator(*derivative), derivative
+
+
+def hermitian_traceless(x: Tensor) -> Tensor:
+    """Orthogonal projection of a batch of square matrices [..., L, L] onto Hermitian matrices with zero trace."""
+    h = 0.5 * (x + x.transpose(-2, -1).conj())
+    mean_diag = torch.diagonal(h, dim1=-2, dim2=-1).mean(-1, keepdim=True)
+    return h - torch.diag_embed(mean_diag.expand(h.shape[:-1]))
 
 
 def build_model(cfg: ModelConfig, scales: Mapping[str, float]) -> Surrogate:

@@ -10,9 +10,9 @@ checkpoint; SIGUSR1/SIGUSR2 (Slurm's advance warning) checkpoint at the next ste
 SIGTERM checkpoints and exits.
 
 One optimizer step: take a batch of windows, add seeded noise to the first state, unroll the model on
-its own predictions for the stage's ``n_step`` snapshots, and sum over the unrolled steps the RMS errors
-of rho (diagonal, off-diagonal), Q and P - plus, for PARC, the same four terms between the
-differentiator's output and the exact derivative at each mid-interval state.
+its own predictions for the stage's ``n_step`` snapshots, and sum the four RMS errors of rho (diagonal,
+off-diagonal), Q and P, each taken over all unrolled steps at once - plus, for PARC, the same four terms
+between the differentiator's output and the exact derivative at the mid-interval states.
 """
 
 from __future__ import annotations
@@ -180,23 +180,35 @@ def rms_terms(pred: State, truth: State) -> Tensor:
     return torch.sqrt(sums / counts)
 
 
+def unrolled_rms(preds: list[State], truths: list[State]) -> Tensor:
+    """ONE RMS per component (rho diag, rho off-diag, Q, P) over the batch and all unrolled steps, shape [4].
+
+    This is the original recipe's loss term: the error tensor [batch, n_step, ...] is reduced as a whole,
+    so the loss does not grow with n_step (a sum of per-step RMS is ~n_step times larger, which under
+    gradient clipping changes the effective step size between curriculum stages).
+    """
+    sums, counts = None, None
+    for pred, truth in zip(preds, truths, strict=True):
+        s, c = component_sq(pred, truth)
+        sums, counts = (s, c) if sums is None else (sums + s, counts + c)
+    return torch.sqrt(sums / counts)
+
+
 def rollout_loss(
     states: list[State], derivatives: list[State] | None, batch: dict[str, Tensor]
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """SPEC 4 loss: sum over steps k of the four RMS terms (+ four derivative terms for PARC).
+    """Loss of one unrolled batch: the four state RMS terms over all steps (+ four derivative terms for PARC).
 
-    Returns (total, state terms [4] summed over k, derivative terms [4] summed over k or None).
+    Returns (total, state terms [4], derivative terms [4] or None).
     """
-    state_terms = sum(
-        rms_terms(s, (batch["rho"][:, k + 1], batch["Q"][:, k + 1], batch["P"][:, k + 1]))
-        for k, s in enumerate(states)
-    )
+    n = len(states)
+    state_terms = unrolled_rms(states, [(batch["rho"][:, k + 1], batch["Q"][:, k + 1], batch["P"][:, k + 1])
+                                        for k in range(n)])
     total = state_terms.sum()
     deriv_terms = None
     if derivatives is not None:
-        deriv_terms = sum(
-            rms_terms(d, (batch["drho"][:, k], batch["dQ"][:, k], batch["dP"][:, k])) for k, d in enumerate(derivatives)
-        )
+        deriv_terms = unrolled_rms(derivatives, [(batch["drho"][:, k], batch["dQ"][:, k], batch["dP"][:, k])
+                                                 for k in range(n)])
         total = total + deriv_terms.sum()
     return total, state_terms, deriv_terms
 

@@ -382,3 +382,31 @@ def test_circular_conv_equals_torch_circular_padding_forward_and_backward():
     y_ref.square().sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_constrained_increments_keep_rho_hermitian_with_fixed_trace():
+    """constrain_rho projects every rho increment: a rollout of an untrained model stays Hermitian and keeps
+    the initial trace, to rounding, while the unconstrained model drifts off both."""
+    from holstein_dist.model import hermitian_traceless
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.complex(torch.randn(5, 6, 6, generator=gen), torch.randn(5, 6, 6, generator=gen))
+    h = hermitian_traceless(x)
+    torch.testing.assert_close(h, h.transpose(-2, -1).conj())
+    assert torch.diagonal(h, dim1=-2, dim2=-1).sum(-1).abs().max() < 1e-6
+    torch.testing.assert_close(hermitian_traceless(h), h)  # a projection
+    scales = dict.fromkeys(SCALE_KEYS, 1.0)
+    L = 8
+    rho = torch.diag_embed(torch.tensor([1.0, 0.0] * (L // 2))).to(torch.complex64).unsqueeze(0)
+    Q, P = torch.randn(1, L, generator=gen), torch.randn(1, L, generator=gen)
+    for constrain, hermitian in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        cfg = ModelConfig(kind="parc", channels=4, n_blocks=1, dropout=0.0, constrain_rho=constrain)
+        model = build_model(cfg, scales).eval()
+        for p in model.integrator.CNN.output_conv.parameters():  # leave the identity start
+            torch.nn.init.normal_(p, std=0.1)
+        out, _, _ = model.rollout(rho, Q, P, 20)
+        asym = (out - out.transpose(-2, -1).conj()).abs().max().item()
+        trace = torch.diagonal(out, dim1=-2, dim2=-1).sum(-1).real
+        assert (asym < 1e-5) == hermitian
+        assert ((trace - L / 2).abs().max().item() < 1e-4) == constrain

@@ -56,7 +56,8 @@ def test_rms_terms_match_a_naive_formula():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_rollout_loss_sums_steps_and_adds_derivative_terms():
+def test_rollout_loss_is_one_rms_over_all_steps_plus_derivative_terms():
+    """The original recipe: one RMS per component over [batch, n_step, ...], not a sum of per-step RMS."""
     gen = torch.Generator().manual_seed(1)
     B, L, n = 2, 4, 3
     snaps = [_random_state(B, L, gen) for _ in range(n + 1)]
@@ -66,8 +67,14 @@ def test_rollout_loss_sums_steps_and_adds_derivative_terms():
     preds = [_random_state(B, L, gen) for _ in range(n)]
     dpreds = [_random_state(B, L, gen) for _ in range(n)]
     total, state_terms, deriv_terms = train.rollout_loss(preds, dpreds, batch)
-    want_state = sum(train.rms_terms(preds[k], snaps[k + 1]) for k in range(n))
-    want_deriv = sum(train.rms_terms(dpreds[k], derivs[k]) for k in range(n))
+    def stacked(states):
+        return tuple(torch.cat([s[i] for s in states]) for i in range(3))
+
+    want_state = train.rms_terms(stacked(preds), stacked(snaps[1:]))
+    want_deriv = train.rms_terms(stacked(dpreds), stacked(derivs))
+    # Does not grow with the unroll length: the mean of per-step squares, not their sum.
+    per_step = torch.stack([train.rms_terms(preds[k], snaps[k + 1]) for k in range(n)])
+    torch.testing.assert_close(want_state, per_step.square().mean(0).sqrt())
     torch.testing.assert_close(state_terms, want_state)
     torch.testing.assert_close(deriv_terms, want_deriv)
     torch.testing.assert_close(total, want_state.sum() + want_deriv.sum())
