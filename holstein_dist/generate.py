@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import socket
 import sys
@@ -49,9 +48,8 @@ from holstein_dist.shards import (
     write_virtual_split,
 )
 from hpc.fanout import BACKENDS, Fanout, is_coordinator_process, open_fanout
-from hpc.files import is_temp_name, publish
+from hpc.files import LOCK_NAME, DirectoryLock, LockHeld, check_output_dir, is_temp_name, publish
 
-LOCK = ".lock"
 RESOLVED_CONFIG = "config.yaml"
 LOG_EVERY_S = 10.0
 
@@ -155,14 +153,11 @@ def compute_shard(task: ShardTask) -> ShardResult:
 @contextlib.contextmanager
 def exclusive(root: Path) -> Iterator[None]:
     """Hold ``<root>/.lock`` so that two generate runs never clean up each other's files."""
-    with open(root / LOCK, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another generate run is writing to {root}; wait for it or use a new --out") from None
-        except OSError:
-            pass  # file system without flock (some parallel file systems): run unguarded
-        yield
+    try:
+        with DirectoryLock(root):
+            yield
+    except LockHeld:
+        raise UsageError(f"another generate run is writing to {root}; wait for it or use a new --out") from None
 
 
 def remove_temporaries(root: Path) -> int:
@@ -175,7 +170,7 @@ def remove_temporaries(root: Path) -> int:
 
 def check_fresh_directory(root: Path) -> None:
     """Refuse a non-empty directory that is not a dataset: we would mix files with somebody else's."""
-    ours = {LOCK, SHARD_DIR, RESOLVED_CONFIG}
+    ours = {LOCK_NAME, SHARD_DIR, RESOLVED_CONFIG}
     foreign = [p.name for p in root.iterdir() if p.name not in ours and not is_temp_name(p)]
     shard_dir = root / SHARD_DIR
     if shard_dir.is_dir():
@@ -414,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     root = Path(args.out) if args.out else Path("data") / Path(args.config).stem
+    try:
+        check_output_dir(root, "--out")
+    except ValueError as exc:
+        if is_coordinator_process(args.backend):
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         with fanout:
             summary = run(cfg, root, fanout, virtual=not args.no_virtual)

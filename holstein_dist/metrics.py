@@ -30,6 +30,10 @@ __all__ = [
     "power_spectrum",
     "power_spectrum_distance",
     "rmse_by_step",
+    "structure_factor",
+    "structure_factor_multiplicity",
+    "structure_factor_peak",
+    "wavevectors",
     "wasserstein1",
 ]
 
@@ -385,6 +389,63 @@ def power_spectrum_distance(model_series: Any, truth_series: Any) -> float:
     q = power_spectrum(truth_arr)
     affinity = float(np.sum(np.sqrt(p * q)))
     return float(np.sqrt(max(0.0, 1.0 - affinity)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Mode-resolved observables
+# ----------------------------------------------------------------------------------------------
+
+
+def wavevectors(n_sites: int) -> np.ndarray:
+    """``q_m = 2 pi m / L`` for ``m = 0..L//2``: the half spectrum that a real field on the ring needs."""
+    if n_sites < 1:
+        raise ValueError(f"the ring needs at least one site, got L={n_sites}")
+    return 2.0 * np.pi * np.arange(n_sites // 2 + 1) / n_sites
+
+
+def structure_factor(x: Any) -> np.ndarray:
+    """Equal-time structure factor ``S(q_m) = |sum_j e^{-i q_m j} x_j|^2 / L`` over the last (site) axis.
+
+    ``x`` is real, ``[..., L]`` (e.g. ``Q [N, T, L]`` or a density minus its mean); the result is
+    float64 ``[..., L//2 + 1]`` for ``q_m = 2 pi m / L``, ``m = 0..L//2`` (:func:`wavevectors`). A
+    real field has ``S(-q) = S(q)``, so the half spectrum holds everything. Normalised by ``L`` so
+    that a mode of fixed amplitude has an L-independent ``S / L`` and Parseval reads
+    ``sum_{m=0}^{L-1} S(q_m) = sum_j x_j^2`` over the full spectrum (weights for the half spectrum:
+    :func:`structure_factor_multiplicity`). At ``q = pi`` (even L) it is ``L phi^2`` of the staggered
+    order ``phi = (1/L) sum_j (-1)^j x_j``, so the SPEC order parameters are one bin of it; the other
+    bins are the modes that the q = pi orders are blind to (the finite-size trap of SPEC section 3).
+    """
+    arr = _as_real_float64(x, "x")
+    if arr.ndim == 0 or arr.shape[-1] == 0:
+        raise ValueError(f"x must have a site axis last, got shape {arr.shape}")
+    amplitude = np.fft.rfft(arr, axis=-1)  # numpy's forward sign e^{-2 pi i m j / L}, as defined above
+    return (amplitude.real**2 + amplitude.imag**2) / arr.shape[-1]
+
+
+def structure_factor_multiplicity(n_sites: int) -> np.ndarray:
+    """How often each half-spectrum bin occurs in the full spectrum ``m = 0..L-1``: 1 or 2.
+
+    ``q = 0`` and (even L) ``q = pi`` are their own mirror images; every other ``q_m`` also stands
+    for ``q_{L-m}``. Hence ``sum_m multiplicity[m] S(q_m) = sum_j x_j^2`` exactly.
+    """
+    weights = np.full(n_sites // 2 + 1, 2.0)
+    weights[0] = 1.0
+    if n_sites % 2 == 0:
+        weights[-1] = 1.0
+    return weights
+
+
+def structure_factor_peak(mean_spectrum: Any) -> int:
+    """Index ``m >= 1`` of the largest bin of a (time- and ensemble-averaged) half spectrum.
+
+    ``q = 0`` is left out: for Q it is the uniform lattice displacement, for the density (minus 1/2)
+    the particle-number error; neither is an ordering wave vector.
+    """
+    spectrum = _as_real_float64(mean_spectrum, "mean_spectrum")
+    if spectrum.ndim != 1 or spectrum.size < 2:
+        raise ValueError(f"mean_spectrum must be a 1-D half spectrum with >= 2 bins, got shape {spectrum.shape}")
+    _require_finite(spectrum, "mean_spectrum")
+    return 1 + int(np.argmax(spectrum[1:]))
 
 
 # ----------------------------------------------------------------------------------------------

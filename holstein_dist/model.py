@@ -6,7 +6,7 @@ wrapped by fixed scale buffers that bring inputs and outputs to order one.
 
 Module and buffer names mirror the original reference code, so its pretrained state dicts load with
 strict keys (``cnn.CNN.blocks.0.conv1.weight``, ``cnn.in_scale_rho``, ...). Our own checkpoints use the
-same layout, which lets ``load_model`` serve both formats.
+same layout; ``holstein_dist.checkpoints`` reads and writes both formats.
 """
 
 from __future__ import annotations
@@ -14,21 +14,13 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import json
 import math
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-
-from holstein_dist.config import from_dict
-
-FORMAT = "holstein-dist/1"
-"""Value of the ``format`` key in our checkpoint files; bump it when the payload layout changes."""
 
 SCALE_KEYS = ("rho", "Q", "P", "drho", "dQ", "dP", "delta_rho", "delta_Q", "delta_P")
 """The nine per-dataset scales: state, exact time derivative, one-snapshot increment."""
@@ -335,9 +327,6 @@ def build_model(cfg: ModelConfig, scales: Mapping[str, float]) -> Surrogate:
     return SimpleCNN(cfg, scales) if cfg.kind == "simple" else PARC(cfg, scales)
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
     while True:
@@ -348,174 +337,3 @@ def unwrap(model: nn.Module) -> nn.Module:
                 break
         else:
             return model
-
-
-def model_payload(model: nn.Module) -> dict[str, Any]:
-    """The model part of a checkpoint: format tag, config, scales and CPU copies of the weights."""
-    core = unwrap(model)
-    if not isinstance(core, Surrogate):
-        raise TypeError(f"model_payload needs a SimpleCNN or PARC, got {type(core).__name__}")
-    return {
-        "format": FORMAT,
-        "model_config": dataclasses.asdict(core.config),
-        "scales": dict(core.scales),
-        # Copies, so a checkpoint written in the background is not changed by the next optimizer step.
-        "model": {k: v.detach().to("cpu", copy=True) for k, v in core.state_dict().items()},
-    }
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Surrogate:
-    """Load a model in eval mode from one of our checkpoint files, a run directory (its
-    ``checkpoints/best.pt``, else the highest ``checkpoints/step-*.pt``), or an original-format
-    directory (``model_kwargs.json`` + ``model_weights.pth``). Problems raise a one-line ValueError.
-
-    Our checkpoint files are unpickled in full (they also carry optimizer and RNG state), so only
-    load files this suite wrote.
-    """
-    path = Path(path)
-    if path.is_dir():
-        if (path / "model_kwargs.json").is_file():
-            model = _load_original(path)
-        else:
-            model = _load_checkpoint_file(checkpoint_in_run(path))
-    elif path.is_file():
-        model = _load_checkpoint_file(path)
-    else:
-        raise ValueError(
-            f"model path {str(path)!r} does not exist; pass a checkpoint .pt file, a run "
-            "directory containing checkpoints/, or a directory with model_kwargs.json"
-        )
-    return model.to(device).eval()
-
-
-def checkpoint_in_run(run: Path) -> Path:
-    """The checkpoint ``load_model`` takes from a run directory: ``best.pt``, else the newest ``step-*.pt``."""
-    ckpt_dir = run / "checkpoints"
-    if not ckpt_dir.is_dir():
-        raise ValueError(
-            f"directory {str(run)!r} has neither checkpoints/ nor model_kwargs.json; pass a run "
-            "directory, a checkpoint .pt file or an original-format model directory"
-        )
-    if (ckpt_dir / "best.pt").is_file():
-        return ckpt_dir / "best.pt"
-    steps = [(_step_number(p), p) for p in ckpt_dir.glob("step-*.pt")]
-    if not steps:
-        raise ValueError(f"{str(ckpt_dir)!r} holds no best.pt or step-*.pt; train first or pass a checkpoint file")
-    return max(steps)[1]
-
-
-def _step_number(path: Path) -> int:
-    match = re.fullmatch(r"step-(\d+)\.pt", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def _load_checkpoint_file(path: Path) -> Surrogate:
-    payload = _torch_load(path, weights_only=False)
-    found = payload.get("format") if isinstance(payload, dict) else None
-    if found != FORMAT:
-        raise ValueError(
-            f"{str(path)!r} is not a holstein-dist checkpoint (format {found!r}, expected "
-            f"{FORMAT!r}); for original reference weights pass the directory with model_kwargs.json"
-        )
-    absent = [key for key in ("model_config", "scales", "model") if key not in payload]
-    if absent:
-        raise ValueError(f"checkpoint {str(path)!r} lacks {absent}; it was written incompletely, use another one")
-    try:
-        model = build_model(from_dict(ModelConfig, payload["model_config"]), payload["scales"])
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"checkpoint {str(path)!r}: {exc}") from None
-    _load_state(model, payload["model"], path)
-    return model
-
-
-def _load_original(directory: Path) -> Surrogate:
-    weights = directory / "model_weights.pth"
-    if not weights.is_file():
-        raise ValueError(
-            f"{str(directory)!r} has model_kwargs.json but no model_weights.pth; put the weights file next to it"
-        )
-    kwargs_path = directory / "model_kwargs.json"
-    try:
-        kwargs = json.loads(kwargs_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{str(kwargs_path)!r} is not valid JSON (line {exc.lineno}); restore the original file"
-        ) from None
-    cfg, scales = _original_config(kwargs, kwargs_path)
-    try:
-        model = build_model(cfg, scales)
-    except ValueError as exc:
-        raise ValueError(f"{str(kwargs_path)!r} data_scalars: {exc}") from None
-    _load_state(model, _torch_load(weights, weights_only=True), weights)
-    return model
-
-
-def _torch_load(path: Path, weights_only: bool) -> Any:
-    try:
-        # map_location: the reference saved its weights from a CUDA device; we may have none.
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:  # any unreadable file gets the same one-line answer
-        raise ValueError(
-            f"cannot read {str(path)!r} as a torch file ({type(exc).__name__}); pass a checkpoint .pt "
-            "written by holstein-dist training or an original model directory"
-        ) from None
-
-
-# Architecture switches of the reference code and the only values this module implements.
-_ORIGINAL_FIXED = {
-    "use_residual_scalar": False,
-    "act_func": "Tanh()",
-    "use_layernorm": True,
-    "dtype": "torch.float32",
-}
-
-
-def _original_config(kwargs: dict[str, Any], source: Path) -> tuple[ModelConfig, dict[str, float]]:
-    """Translate the reference's model_kwargs.json into (ModelConfig, scales)."""
-    required = ("channels", "n_blocks", "kernel_size", "dropout_p", "data_scalars")
-    absent = [key for key in required if key not in kwargs]
-    if absent:
-        raise ValueError(f"{str(source)!r} lacks {absent}; it is not an original model_kwargs.json")
-    for key, value in _ORIGINAL_FIXED.items():
-        if kwargs.get(key, value) != value:
-            raise ValueError(
-                f"{str(source)!r} sets {key}={kwargs[key]!r}, but only {key}={value!r} is "
-                "implemented here; this original model cannot be loaded"
-            )
-    try:
-        cfg = ModelConfig(
-            kind="simple" if kwargs.get("simple_cnn", False) else "parc",
-            channels=int(kwargs["channels"]),
-            n_blocks=int(kwargs["n_blocks"]),
-            kernel_size=int(kwargs["kernel_size"]),
-            dropout=float(kwargs["dropout_p"]),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{str(source)!r}: {exc}") from None
-    return cfg, dict(kwargs["data_scalars"])
-
-
-def _load_state(model: Surrogate, state: Any, source: Path) -> None:
-    """Strict load with every mismatch reported in one line instead of PyTorch's multi-line error."""
-    if not isinstance(state, Mapping):
-        raise ValueError(
-            f"{str(source)!r} holds a {type(state).__name__}, not a state dict; pass the model's weights file"
-        )
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]!r})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
-    if mismatched:
-        key = mismatched[0]
-        problems.append(f"shape mismatch for {key!r}: file {tuple(state[key].shape)}, model {tuple(own[key].shape)}")
-    if problems:
-        raise ValueError(
-            f"weights in {str(source)!r} do not fit the {type(model).__name__} built from its config: "
-            f"{'; '.join(problems)}; pass weights written with the same model config"
-        )
-    model.load_state_dict(state, strict=True)

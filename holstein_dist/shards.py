@@ -14,13 +14,14 @@ Trajectory ``k`` (global index over train, val, test in that order) depends only
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -327,7 +328,7 @@ class ShardWriter:
         shapes = {"rho": ((L, L), self.ctype), "Q": ((L,), self.rtype), "P": ((L,), self.rtype)}
         return {
             key: self.file.create_dataset(key + suffix, shape=(n, length) + shape, dtype=dtype,
-                                          chunks=(1, chunk) + shape)
+                                          chunks=(1, chunk) + shape, fletcher32=True)
             for key, (shape, dtype) in shapes.items()
         }
 
@@ -362,9 +363,12 @@ class ShardWriter:
         start = time.perf_counter()
         if self.snapshots.start != self.cfg.n_snapshots or self.mids.start != self.cfg.n_steps:
             raise ValueError(f"shard {self.spec.file} sealed before all snapshots were written")
-        self.file.create_dataset("t0", data=np.asarray(t0, np.float64))
-        self.file.create_dataset("traj_id", data=self.spec.traj_ids)
-        self.file.create_dataset("energy", data=self.energy)
+        # Fletcher32 on every dataset: HDF5 checks each chunk on every read, so a flipped byte in a shard
+        # stops the reader instead of training or evaluating on it (the manifest's sha256 is only
+        # checked by generate's resume and by open_dataset(verify=True), since hashing GBs per run costs).
+        self.file.create_dataset("t0", data=np.asarray(t0, np.float64), fletcher32=True)
+        self.file.create_dataset("traj_id", data=self.spec.traj_ids, fletcher32=True)
+        self.file.create_dataset("energy", data=self.energy, fletcher32=True)
         self.file.attrs.update({f"scale_{k}": v for k, v in self.scales.values.items()})
         self.file.close()
         fsync_path(self.tmp)
@@ -536,7 +540,8 @@ class Split:
         """Trajectory ``i``, snapshots ``[start, stop)``; ``*_mid`` keys give the intervals in that range."""
         path, local = self.locate(i)
         f = self._file(path)
-        return {key: f[key][(local,) + self._time(key, start, stop)] for key in self._check_keys(keys)}
+        with _corruption_named(path, self.root):
+            return {key: f[key][(local,) + self._time(key, start, stop)] for key in self._check_keys(keys)}
 
     def read_many(self, indices: Sequence[int] | np.ndarray, start: int = 0, stop: int | None = None,
                   keys: Sequence[str] = SNAPSHOT_KEYS) -> dict[str, np.ndarray]:
@@ -551,7 +556,8 @@ class Split:
             unique, inverse = np.unique(local, return_inverse=True)  # h5py wants increasing indices
             f = self._file(path)
             for key in keys:
-                block = f[key][(unique.tolist(),) + self._time(key, start, stop)][inverse]
+                with _corruption_named(path, self.root):
+                    block = f[key][(unique.tolist(),) + self._time(key, start, stop)][inverse]
                 if key not in out:
                     out[key] = np.empty((len(indices),) + block.shape[1:], block.dtype)
                 out[key][rows] = block
@@ -589,6 +595,21 @@ class Split:
             for f in self._handles.values():
                 f.close()
         self._handles = {}
+
+
+class CorruptShard(ValueError):
+    """A shard failed HDF5's per-chunk checksum (or is otherwise unreadable) while being read."""
+
+
+@contextlib.contextmanager
+def _corruption_named(path: Path, root: Path) -> Iterator[None]:
+    """Turn h5py's read failure (e.g. a Fletcher32 mismatch) into one line that names the shard and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptShard(f"shard {path} is corrupt ({reason}); re-run the generate command on {root} to "
+                           "repair it (resume recomputes shards whose checksum no longer matches)") from None
 
 
 class Dataset:

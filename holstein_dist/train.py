@@ -35,6 +35,13 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from holstein_dist import config as config_io
 from holstein_dist import shards
+from holstein_dist.checkpoints import (
+    CHECKPOINT_DIR,
+    TRAINING_KEYS,
+    check_resumable,
+    data_signature,
+    model_payload,
+)
 from holstein_dist.curriculum import Curriculum, Position, Stage
 from holstein_dist.data import (
     EpochSampler,
@@ -45,9 +52,10 @@ from holstein_dist.data import (
     stack_windows,
     validation_indices,
 )
-from holstein_dist.model import FORMAT, ModelConfig, Surrogate, build_model, model_payload
+from holstein_dist.model import ModelConfig, Surrogate, build_model
 from hpc import checkpoint as ckpt
 from hpc import dist
+from hpc.files import DirectoryLock, LockHeld, check_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = ROOT / "configs" / "model"
@@ -368,7 +376,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: self.curriculum.lr_factor(step)
         )
-        self.checkpoints = ckpt.CheckpointManager(Path(cfg.run_dir) / "checkpoints", keep=cfg.keep)
+        self.checkpoints = ckpt.CheckpointManager(Path(cfg.run_dir) / CHECKPOINT_DIR, keep=cfg.keep)
         self.step = self._resume()
         core = torch.compile(self.model) if cfg.compile else self.model
         rollout = Rollout(core, cfg.grad_checkpoint)
@@ -383,26 +391,13 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _resume(self) -> int:
-        path = self.checkpoints.latest()
-        if path is None:
+        """Step of the newest valid checkpoint (0 for a fresh run), its state loaded. A corrupt or unsafe
+        newer file is skipped with a warning (rank 0 renames it ``*.bad``); an older valid one is used."""
+        found = ckpt.load_latest_valid(self.checkpoints.directory, TRAINING_KEYS, rename_bad=self.env.is_main)
+        if found is None:
             return 0
-        required = ("format", "model", "model_config", "scales", "optimizer", "scheduler")
-        payload = ckpt.load_checkpoint(path, required=required)
-        if payload["format"] != FORMAT:
-            raise ckpt.CheckpointError(
-                f"{path} has format {payload['format']!r}, expected {FORMAT!r}; use a fresh run_dir"
-            )
-        if payload["model_config"] != dataclasses.asdict(self.cfg.model):
-            raise ckpt.CheckpointError(
-                f"{path} holds a different model ({payload['model_config']}); use a fresh run_dir or the same model"
-            )
-        changed = [k for k, v in self.model.scales.items() if not math.isclose(v, payload["scales"].get(k, math.nan))]
-        if changed:
-            raise ckpt.CheckpointError(
-                f"{path} was trained on data with other normalization scales ({changed[0]}: "
-                f"{payload['scales'].get(changed[0])} vs {self.model.scales[changed[0]]}); use the same data or a "
-                "fresh run_dir"
-            )
+        path, payload = found
+        check_resumable(payload, path, self.model)
         try:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -424,7 +419,7 @@ class Trainer:
         rng = dist.gather_objects_to_main(ckpt.capture_rng_state())
         if self.env.is_main:
             payload = {
-                **model_payload(self.model),
+                **model_payload(self.model, data_signature(self.data.config)),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 # Where the next step falls (None once the curriculum is done); the step alone determines it.
@@ -626,10 +621,33 @@ def setup(argv: Sequence[str] | None) -> tuple[TrainConfig, shards.Dataset]:
     try:
         cfg = load_train_config(args.config, args.overrides)
         configure_torch(cfg)
-        # Before joining the group: a bad path then fails on every rank alike instead of leaving peers hanging.
-        return cfg, open_data(cfg.data)
+        # Before joining the group and before anything is written: a bad path or split then fails on every
+        # rank alike instead of leaving peers hanging or a half-made run_dir behind.
+        check_output_dir(cfg.run_dir, "run_dir")
+        data = open_data(cfg.data)
+        for key in ("train_split", "val_split"):
+            name = getattr(cfg, key)
+            if name not in data.splits:
+                raise ValueError(f"{key} {name!r} is not in {cfg.data} (it has {', '.join(data.splits)}); pass "
+                                 f"{key}=<one of those>")
+        return cfg, data
     except ValueError as exc:
         raise SetupError(str(exc)) from None
+
+
+def lock_run_dir(cfg: TrainConfig, env: dist.DistEnv) -> DirectoryLock | None:
+    """Rank 0 locks ``run_dir`` (two runs would interleave checkpoints); every rank learns the outcome."""
+    lock, refusal = None, None
+    if env.is_main:
+        lock = DirectoryLock(cfg.run_dir, job_id=dist.slurm_job_id())
+        try:
+            lock.acquire()
+        except LockHeld as exc:
+            lock, refusal = None, str(exc).replace("is in use", "(run_dir) is in use")
+    refusal = dist.broadcast_object(refusal)
+    if refusal is not None:
+        raise SetupError(refusal)
+    return lock
 
 
 def run(argv: Sequence[str] | None = None) -> RunResult:
@@ -638,13 +656,17 @@ def run(argv: Sequence[str] | None = None) -> RunResult:
     # Signals are caught from here on: a Slurm warning during start-up still ends in a checkpoint.
     with ckpt.PreemptionGuard() as guard:
         env = dist.init_distributed()
+        lock = None
         try:
+            lock = lock_run_dir(cfg, env)
             try:
                 trainer = Trainer(cfg, env, data)
-            except ValueError as exc:  # incompatible checkpoint, missing split, model/data mismatch
+            except ValueError as exc:  # incompatible checkpoint, model/data mismatch
                 raise SetupError(str(exc)) from None
             return trainer.fit(guard)
         finally:
+            if lock is not None:
+                lock.release()
             dist.shutdown()
 
 
@@ -654,6 +676,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(argv)
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except shards.CorruptShard as exc:
+        # Raised in a DataLoader worker, it arrives wrapped with the worker's traceback: keep our line.
+        print(f"error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
     return 0
 

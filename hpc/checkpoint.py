@@ -9,12 +9,21 @@ the trainer decides the contents. Layout of a checkpoint directory::
 Every file is written with ``hpc.files.atomic_write_bytes`` (temporary name, fsync, rename), so a job killed
 at any instant leaves either the old file or the new one, never a torn one. Leftover temporaries from such
 a kill are ignored and cleaned up.
+
+Safety: checkpoints travel between people on shared file systems, and unpickling an arbitrary file can run
+arbitrary code. So every payload holds only tensors, numbers, strings, None and dicts/lists/tuples of them
+(RNG states included, see :func:`capture_rng_state`), and every load uses ``torch.load(weights_only=True)``,
+which refuses anything else. Each payload carries the sha256 of its own contents (:func:`payload_digest`),
+checked on every load, so a flipped byte that still unpickles is caught as well.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import os
+import pickle
 import random
 import re
 import signal
@@ -32,11 +41,20 @@ from hpc.dist import slurm_job_id
 from hpc.files import atomic_write_bytes, is_temp_name
 
 BEST_NAME = "best.pt"
+DIGEST_KEY = "sha256"
+"""Payload key holding :func:`payload_digest` of the rest of the payload."""
+BAD_SUFFIX = ".bad"
+"""Appended to a corrupt checkpoint that resume skipped (kept for inspection, no longer matched as a step)."""
 _STEP_RE = re.compile(r"step-(\d{8,})\.pt")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or does not fit this run; the message names the fix."""
+
+
+class InvalidCheckpoint(CheckpointError):
+    """The file itself is bad (unreadable, corrupt, unsafe or incomplete), as opposed to not fitting a run;
+    resume may fall back to an older checkpoint."""
 
 
 def step_name(step: int) -> str:
@@ -47,15 +65,45 @@ def step_name(step: int) -> str:
 # --------------------------------------------------------------------------- files
 
 
+def payload_digest(payload: Mapping[str, Any]) -> str:
+    """sha256 over a canonical encoding of everything in ``payload`` except ``DIGEST_KEY``.
+
+    Computed on the objects, not the file bytes, so it does not depend on how torch lays out the zip;
+    tensors contribute dtype, shape and raw bytes, other leaves their type and repr.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in payload.items() if k != DIGEST_KEY})
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, Mapping):
+        digest.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            _feed(digest, key)
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{type(obj).__name__[0]}{len(obj)}".encode())
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
 def serialize(payload: Mapping[str, Any]) -> bytes:
-    """``torch.save`` bytes of a payload (so one serialization can feed several files)."""
+    """``torch.save`` bytes of a payload with its digest added (so one serialization can feed several files)."""
     buf = io.BytesIO()
-    torch.save(dict(payload), buf)
+    body = {k: v for k, v in payload.items() if k != DIGEST_KEY}
+    torch.save({**body, DIGEST_KEY: payload_digest(body)}, buf)
     return buf.getvalue()
 
 
 def atomic_save(payload: Mapping[str, Any], path: str | Path) -> None:
-    """``torch.save`` ``payload`` to ``path`` atomically."""
+    """``torch.save`` ``payload`` (plus its digest) to ``path`` atomically."""
     atomic_write_bytes(serialize(payload), path)
 
 
@@ -79,26 +127,75 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path, required: Iterable[str] = ("step",)) -> dict[str, Any]:
-    """Read a payload written by :func:`atomic_save`; anything unusable raises a one-line CheckpointError."""
+    """Read a payload written by :func:`atomic_save`, safely and verified; problems raise a one-line
+    :class:`InvalidCheckpoint` (bad file) naming the file and the fix."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass an existing .pt file")
     try:
-        # Full unpickling: payloads carry optimizer and RNG state. Only load files this suite wrote.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, wrong file type, ...: all get the same one-line answer
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is unreadable ({type(exc).__name__}); delete it to resume from the "
-            "previous one, or start a fresh run_dir"
-        ) from None
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower():  # a class or function reference: the code-running kind
+            raise InvalidCheckpoint(
+                f"checkpoint {str(path)!r} holds objects other than tensors and plain containers; refused, since "
+                "loading it could run code (only files written by holstein-dist >= 0.2 load)"
+            ) from None
+        raise _unreadable(path, exc) from None
+    except Exception as exc:  # truncated zip, flipped byte, wrong file type, ...: all get the same answer
+        raise _unreadable(path, exc) from None
     if not isinstance(payload, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(payload).__name__}, not a payload dict")
+        raise InvalidCheckpoint(f"checkpoint {str(path)!r} holds a {type(payload).__name__}, not a payload dict")
+    stored = payload.get(DIGEST_KEY)
+    if stored is None:
+        raise InvalidCheckpoint(f"checkpoint {str(path)!r} has no {DIGEST_KEY} checksum; it was not written by "
+                                "holstein-dist >= 0.2, use another checkpoint or a fresh run_dir")
+    if stored != payload_digest(payload):
+        raise InvalidCheckpoint(f"checkpoint {str(path)!r} is corrupt (checksum mismatch); resume from an older "
+                                "checkpoint (delete or rename this one) or start a fresh run_dir")
     missing = [key for key in required if key not in payload]
     if missing:
-        raise CheckpointError(
+        raise InvalidCheckpoint(
             f"checkpoint {str(path)!r} lacks {missing}; it was not written by this trainer, use another run_dir"
         )
     return payload
+
+
+def _unreadable(path: Path, exc: Exception) -> InvalidCheckpoint:
+    return InvalidCheckpoint(
+        f"checkpoint {str(path)!r} is unreadable ({type(exc).__name__}); it is corrupt or not a checkpoint: "
+        "resume from an older one (delete or rename this one) or start a fresh run_dir"
+    )
+
+
+def load_latest_valid(
+    directory: str | Path, required: Iterable[str], rename_bad: bool
+) -> tuple[Path, dict[str, Any]] | None:
+    """(path, payload) of the newest loadable periodic checkpoint in ``directory`` (None if there is none).
+
+    A corrupt, unsafe or incomplete newer file is skipped with a warning; with ``rename_bad`` (one process,
+    rank 0) it is renamed to ``<name>.bad`` so the next run does not trip on it again, but only once an
+    older valid checkpoint exists: if none is valid the files stay as they are and the error names the
+    newest, so a re-run can never silently start from scratch over a run's history.
+    """
+    found = list_checkpoints(directory)
+    skipped: list[tuple[Path, InvalidCheckpoint]] = []
+    for _, path in reversed(found):
+        try:
+            payload = load_checkpoint(path, required)
+        except InvalidCheckpoint as exc:
+            skipped.append((path, exc))
+            continue
+        for bad, why in skipped:
+            where = bad
+            if rename_bad:
+                where = bad.with_name(bad.name + BAD_SUFFIX)
+                os.replace(bad, where)
+            print(f"warning: skipped {bad.name} and resumed from {path.name}: {why} (kept as {where})",
+                  file=sys.stderr, flush=True)
+        return path, payload
+    if skipped:
+        raise skipped[0][1]
+    return None
 
 
 class CheckpointManager:
@@ -151,10 +248,18 @@ class CheckpointManager:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Python, numpy, torch CPU and (when present) CUDA generator states of this process."""
+    """Python, numpy, torch CPU and (when present) CUDA generator states of this process, as tensors and
+    plain containers only (so checkpoints holding them load with ``weights_only=True``)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -162,8 +267,10 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state` (CUDA states are skipped when this process has no GPU)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["key"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         cuda = state["cuda"][: torch.cuda.device_count()]

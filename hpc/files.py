@@ -8,8 +8,11 @@ instant leaves either the old file or the new one, never a partial one under the
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import secrets
+import socket
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -65,3 +68,87 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     atomic_write_bytes(text.encode(), path)
+
+
+LOCK_NAME = ".lock"
+
+
+class LockHeld(ValueError):
+    """Another live process holds a directory's lock; the message says who."""
+
+
+class DirectoryLock:
+    """Exclusive ``flock`` on ``<directory>/.lock`` while one command writes into the directory.
+
+    Stale-safe by construction: the kernel drops an flock when its process dies (crash, kill -9, node
+    reboot), so no clean-up is ever needed. The holder (host, pid, Slurm job id) is written into the file,
+    so a refusal names it, and a Slurm job that was requeued (same job id, possibly another node, where a
+    network file system may still show the dead incarnation's lock for its lease time) is let through with
+    a warning instead of being blocked by itself. File systems without flock run unguarded.
+    """
+
+    def __init__(self, directory: str | Path, job_id: str | None = None) -> None:
+        self.path = Path(directory) / LOCK_NAME
+        self.job_id = job_id
+        self._handle = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "{}"
+            handle.close()
+            try:
+                owner = json.loads(holder)
+            except json.JSONDecodeError:
+                owner = {}
+            if self.job_id and owner.get("slurm_job_id") == self.job_id:
+                print(f"warning: {self.path} is held by an earlier run of this Slurm job {self.job_id} "
+                      f"({owner.get('host')}:{owner.get('pid')}); continuing as its requeued run", flush=True)
+                return
+            who = f"{owner.get('host', '?')}:{owner.get('pid', '?')}"
+            if owner.get("slurm_job_id"):
+                who += f" (Slurm job {owner['slurm_job_id']})"
+            raise LockHeld(f"{self.path.parent} is in use by another process ({who}); wait for it to finish "
+                           "or use another directory") from None
+        except OSError:
+            pass  # no flock on this file system: unguarded, as before locking existed
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": self.job_id}))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing drops the flock
+            self._handle = None
+
+    def __enter__(self) -> DirectoryLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """Refuse an output location that is a file or cannot be created/written, before any work is done.
+
+    Creates nothing; ``what`` names the option in the message (e.g. ``--out``).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file, not a directory; pass a directory path")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {str(path)!r} lies under the file {str(existing)!r}; pass a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(path)!r} is not writable ({str(existing)!r} denies it); pass a directory "
+                         "you can write to")
+    return path

@@ -28,7 +28,7 @@ from holstein_dist import generate, physics
 from holstein_dist import shards as sh
 from holstein_dist.config import load_config
 from hpc.fanout import DaskFanout
-from hpc.files import is_temp_name
+from hpc.files import LOCK_NAME, is_temp_name
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def many_shards_arrays(tmp_path_factory) -> dict:
 def copy_of(reference: Path, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
-    (out / generate.LOCK).unlink()
+    (out / LOCK_NAME).unlink()
     return out
 
 

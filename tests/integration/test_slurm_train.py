@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+
+from hpc import checkpoint as ckpt
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 
@@ -37,7 +38,7 @@ def checkpoints(run_dir: Path) -> dict[int, Path]:
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt.load_checkpoint(path)
 
 
 def tensorboard_world_size_and_steps(run_dir: Path) -> tuple[float | None, list[int]]:

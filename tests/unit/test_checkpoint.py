@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from holstein_dist import train
+from holstein_dist.checkpoints import load_model
 from holstein_dist.data import open_data, stack_windows
-from holstein_dist.model import load_model
 from hpc import checkpoint as ckpt
 from hpc import dist
 
@@ -65,7 +65,7 @@ def test_atomic_save_leaves_no_temporary_and_ignores_stale_ones(tmp_path):
 def test_bad_checkpoint_is_one_line_error(tmp_path, content, message):
     path = tmp_path / "step-00000001.pt"
     if content is None:
-        torch.save({"other": 1}, path)
+        ckpt.atomic_save({"other": 1}, path)
     else:
         path.write_bytes(content)
     with pytest.raises(ckpt.CheckpointError) as info:
@@ -217,3 +217,110 @@ def test_incompatible_or_corrupt_checkpoint_in_run_dir_is_one_line_error(tiny_da
     assert train.main([*base, "max_steps=20"]) == 2
     err = capsys.readouterr().err
     assert "is unreadable" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- hardening: safety and corruption
+
+
+class _RunsCode:
+    """Unpickling this calls ``builtins.exec``: the attack a shared checkpoint file can carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+def malicious_checkpoint(path: Path, marker: Path) -> Path:
+    """A .pt file that writes ``marker`` when loaded with full unpickling (what the suite used to do)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": "holstein-dist/2", "step": 10**6, "model": _RunsCode(marker)}, path)
+    return path
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tiny_data, tmp_path, capsys):
+    from holstein_dist import evaluate
+
+    marker = tmp_path / "marker"
+    evil = malicious_checkpoint(tmp_path / "evil.pt", marker)
+    with pytest.raises(ckpt.CheckpointError, match="refused, since loading it could run code"):
+        ckpt.load_checkpoint(evil)
+    with pytest.raises(ValueError, match="could run code"):
+        load_model(evil)
+    assert evaluate.main(["--checkpoint", str(evil), "--data", str(tiny_data), "--out", str(tmp_path / "ev")]) == 2
+    assert "could run code" in capsys.readouterr().err
+    # Dropped into a run directory as the newest checkpoint: resume skips it for the valid one before it.
+    run_dir = tmp_path / "run"
+    base = ["--config", TINY, f"data={tiny_data}", f"run_dir={run_dir}"]
+    assert train.main([*base, "max_steps=10"]) == 0
+    malicious_checkpoint(run_dir / "checkpoints" / ckpt.step_name(20), marker)
+    capsys.readouterr()
+    assert train.main([*base, "max_steps=20"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped step-00000020.pt and resumed from step-00000010.pt" in err and "could run code" in err
+    assert not marker.exists()
+
+
+def _flip_byte_inside(path: Path, needle: bytes) -> None:
+    """Flip one bit in the middle of the first occurrence of ``needle`` (a tensor's raw bytes) in ``path``."""
+    data = bytearray(path.read_bytes())
+    at = data.find(needle)
+    assert at >= 0, "tensor bytes not found in the file"
+    data[at + len(needle) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_caught_on_load(tmp_path):
+    weights = torch.linspace(0.0, 1.0, 4096)
+    path = tmp_path / ckpt.step_name(5)
+    ckpt.atomic_save({"step": 5, "w": weights}, path)
+    assert torch.equal(ckpt.load_checkpoint(path)["w"], weights)
+    _flip_byte_inside(path, weights.numpy().tobytes())
+    with pytest.raises(ckpt.InvalidCheckpoint) as info:
+        ckpt.load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "corrupt" in message and "older" in message and "\n" not in message
+
+
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    base = ["--config", TINY, f"data={tiny_data}", f"run_dir={run_dir}"]
+    assert train.main([*base, "max_steps=20"]) == 0  # keep=2: step-10 and step-20 stay
+    newest = run_dir / "checkpoints" / ckpt.step_name(20)
+    payload = ckpt.load_checkpoint(newest)
+    key = next(iter(payload["model"]))
+    _flip_byte_inside(newest, payload["model"][key].numpy().tobytes())
+    capsys.readouterr()
+    assert train.main([*base, "max_steps=30"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped step-00000020.pt and resumed from step-00000010.pt" in captured.err
+    assert "resuming from" in captured.out and "at step 10" in captured.out
+    assert (run_dir / "checkpoints" / "step-00000020.pt.bad").is_file()  # kept for inspection, out of the way
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir / "checkpoints"))["step"] == 30
+
+
+def test_with_no_valid_checkpoint_resume_stops_and_touches_nothing(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    base = ["--config", TINY, f"data={tiny_data}", f"run_dir={run_dir}", "keep=1"]
+    assert train.main([*base, "max_steps=10"]) == 0
+    only = run_dir / "checkpoints" / ckpt.step_name(10)
+    only.write_bytes(only.read_bytes()[:-100])
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    capsys.readouterr()
+    assert train.main([*base, "max_steps=20"]) == 2
+    err = capsys.readouterr().err
+    assert str(only) in err and err.count("\n") == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+
+
+def test_rng_state_is_plain_tensors_and_containers(tmp_path):
+    path = tmp_path / "rng.pt"
+    ckpt.atomic_save({"step": 0, "rng": ckpt.capture_rng_state()}, path)
+    state = ckpt.load_checkpoint(path)["rng"]  # weights_only=True: would refuse numpy arrays or tuples of them
+    first = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    ckpt.restore_rng_state(state)
+    again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    assert first[:3] == again[:3] and torch.equal(first[3], again[3])

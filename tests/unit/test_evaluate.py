@@ -18,12 +18,15 @@ import pytest
 import torch
 
 from holstein_dist import evaluate
-from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model, load_model, model_payload
+from holstein_dist.checkpoints import data_signature, load_model, model_payload
+from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
 from holstein_dist.report import VOLATILE_SECTIONS, numeric_differences
 from holstein_dist.shards import open_dataset
+from hpc.checkpoint import atomic_save
 
 ROOT = Path(__file__).resolve().parents[2]
 SHALLOW_CONFIG = ROOT / "configs" / "data" / "shallow_L16.yaml"
+TRAP_CONFIG = ROOT / "configs" / "data" / "deep_L16_finite_size_trap.yaml"
 N_TEST, N_STEPS = 8, 60
 
 REQUIRED_KEYS = [
@@ -40,6 +43,12 @@ REQUIRED_KEYS = [
     "timing.rollout_steps_per_s", "timing.wall_seconds", "timing.world_size",
     "physics_baseline.seconds_per_snapshot_step_per_trajectory", "physics_baseline.rollout_steps_per_s",
     "physics_baseline.surrogate_speedup",
+    "structure_factor.q", "structure_factor.m", "structure_factor.density_offset",
+    *(f"structure_factor.{field}.{key}" for field in ("Q", "density") for key in (
+        "truth.mean", "truth.peak_m", "truth.peak_q", "model.mean", "model.peak_m", "model.peak_q",
+        "mean_difference", "max_abs_mean_difference",
+        "autocorr.m", "autocorr.q", "autocorr.truth", "autocorr.model", "autocorr_max_abs_error")),
+    "warnings",
 ]  # fmt: skip
 
 
@@ -113,7 +122,7 @@ def test_report_has_the_promised_keys_and_shapes(model_report: tuple[dict[str, A
         for source in ("truth", "model"):
             curve = report["autocorr"][key][source]
             assert len(curve) == max_lag + 1 and curve[0] == pytest.approx(1.0)
-    assert sorted(report["plots"]) == ["autocorr", "rmse", "spacetime", "traces"]
+    assert sorted(report["plots"]) == ["autocorr", "rmse", "spacetime", "structure_factor", "traces"]
     for name in report["plots"].values():
         assert (out / name).stat().st_size > 10_000  # a rendered figure, not an empty file
     assert list((out / "tb").glob("events.out.tfevents.*"))
@@ -128,7 +137,7 @@ def test_report_names_the_model_and_the_data(model_report: tuple[dict[str, Any],
     assert ckpt["format"] == "original"
     assert ckpt["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert ckpt["model_config"] == {"kind": "simple", "channels": 16, "n_blocks": 1, "kernel_size": 3,
-                                    "dropout": 0.2}
+                                    "dropout": 0.2, "constrain_rho": False}
     assert ckpt["trained_on"]["L"] == 16
     assert data["manifest_sha256"] == hashlib.sha256((shallow_data / "manifest.json").read_bytes()).hexdigest()
     assert (data["split"], data["rollouts"], data["L"], data["g_f"]) == ("test", N_TEST, 16, 0.8)
@@ -148,8 +157,7 @@ def test_physics_baseline_reruns_the_same_rollouts(model_report: tuple[dict[str,
 def test_our_checkpoint_format_gives_the_same_numbers(tmp_path: Path, shallow_data: Path, reference_model: Path,
                                                       model_report: tuple[dict[str, Any], Path]) -> None:
     # The reference weights re-saved as one of our checkpoints, trained (nominally) on this data set.
-    payload = {**model_payload(load_model(reference_model)), "config": {"data": str(shallow_data)}}
-    torch.save(payload, tmp_path / "best.pt")
+    save_ours(load_model(reference_model), shallow_data, tmp_path / "best.pt")
     assert run("--checkpoint", tmp_path / "best.pt", "--data", shallow_data, "--out", tmp_path / "out") == 0
     report = read_report(tmp_path / "out")
     assert report["checkpoint"]["format"] == "ours"
@@ -173,7 +181,11 @@ def test_truth_only_reports_ground_truth_and_the_baseline(tmp_path: Path, shallo
     assert report["ranges"]["truth"] == model_report[0]["ranges"]["truth"]
     assert report["energy_drift"]["truth_integrator"]["max_abs"] < 1e-10
     assert report["physics_baseline"]["rollout_steps_per_s"] > 0
-    assert sorted(report["plots"]) == ["autocorr", "spacetime", "traces"]
+    assert sorted(report["plots"]) == ["autocorr", "spacetime", "structure_factor", "traces"]
+    assert "model" not in report["structure_factor"]["Q"] and "model" not in report["structure_factor"]["Q"]["autocorr"]
+    for key in ("Q", "density"):
+        np.testing.assert_allclose(report["structure_factor"][key]["truth"]["mean"],
+                                   model_report[0]["structure_factor"][key]["truth"]["mean"], rtol=0, atol=1e-12)
 
 
 def test_bf16_autocast_runs_and_changes_the_rollout(tmp_path: Path, shallow_data: Path, reference_model: Path,
@@ -193,7 +205,7 @@ def test_a_model_with_constant_output_gets_null_metrics_and_notes(tmp_path: Path
     # constant series has no defined autocorrelation or spectrum (with more rollouts the pooled mean
     # would still give C = 1 from the spread between them).
     model = build_model(ModelConfig(kind="simple", channels=4, n_blocks=1), dict.fromkeys(SCALE_KEYS, 1.0))
-    torch.save({**model_payload(model), "config": {"data": str(shallow_data)}}, tmp_path / "fresh.pt")
+    save_ours(model, shallow_data, tmp_path / "fresh.pt")
     assert run("--checkpoint", tmp_path / "fresh.pt", "--data", shallow_data, "--out", tmp_path / "out",
                "--rollouts", 1, "--steps", 10) == 0
     report = read_report(tmp_path / "out")
@@ -203,6 +215,122 @@ def test_a_model_with_constant_output_gets_null_metrics_and_notes(tmp_path: Path
     assert report["wasserstein"]["charge"] > 0
     assert any("constant" in note for note in report["notes"])
     assert report["divergent_fraction"] == 0.0  # a frozen state stays in range: bad, but not divergent
+
+
+# ----------------------------------------------------------------------------------------------
+# Mode-resolved observables and the finite-size trap
+# ----------------------------------------------------------------------------------------------
+
+
+def test_structure_factor_section_of_the_shallow_quench(model_report: tuple[dict[str, Any], Path]) -> None:
+    report, _ = model_report
+    section, n_sites, max_lag = report["structure_factor"], 16, report["settings"]["max_lag"]
+    assert section["m"] == list(range(n_sites // 2 + 1))
+    np.testing.assert_allclose(section["q"], 2 * np.pi * np.arange(n_sites // 2 + 1) / n_sites)
+    assert section["density_offset"] == 0.5
+    for key in ("Q", "density"):
+        entry = section[key]
+        # The shallow quench orders at q = pi, where the model agrees.
+        assert entry["truth"]["peak_m"] == entry["model"]["peak_m"] == entry["autocorr"]["m"] == n_sites // 2
+        assert entry["truth"]["peak_q"] == pytest.approx(np.pi)
+        np.testing.assert_allclose(entry["mean_difference"],
+                                   np.subtract(entry["model"]["mean"], entry["truth"]["mean"]), atol=1e-15)
+        assert entry["max_abs_mean_difference"] == pytest.approx(np.max(np.abs(entry["mean_difference"])))
+        for source in ("truth", "model"):
+            assert len(entry["autocorr"][source]) == max_lag + 1 and entry["autocorr"][source][0] == pytest.approx(1)
+        gap = np.abs(np.subtract(entry["autocorr"]["model"], entry["autocorr"]["truth"]))[1:]
+        assert entry["autocorr_max_abs_error"] == pytest.approx(gap.max()) and entry["autocorr_max_abs_error"] < 0.1
+    # Half filling subtracted: S of the density at q = 0 is the particle-number error, zero for the truth.
+    assert section["density"]["truth"]["mean"][0] < 1e-10
+    assert report["warnings"] == []  # the orders swing over ~0.1-0.4 here: far above the noise level
+
+
+def test_mode_series_at_pi_are_the_order_parameters(shallow_data: Path) -> None:
+    # S(pi, t) = L phi^2: the report's modes and its SPEC order parameters are computed consistently.
+    split = open_dataset(shallow_data).split("test")
+    data = split.read_many([0, 1], 0, 11)
+    plan = evaluate.make_plan(evaluate.Options(checkpoint=None, data=shallow_data, truth_only=True, steps=10),
+                              open_dataset(shallow_data), split)
+    series = evaluate.state_series(data["rho"], data["Q"], data["P"], plan)
+    modes = evaluate.mode_series(data["rho"], data["Q"])
+    assert modes["Q"].shape == modes["density"].shape == (2, 11, 9) and modes["Q"].dtype == np.float32
+    np.testing.assert_allclose(modes["Q"][..., -1], 16 * series["lattice"] ** 2, rtol=1e-5)
+    np.testing.assert_allclose(modes["density"][..., -1], 16 * series["charge"] ** 2, rtol=1e-5)
+
+
+def test_staggered_density_is_the_cdw_amplitude() -> None:
+    # n_i = 1/2 + a (-1)^i: the pattern is a on every site, not the +-1/2 stripes of (-1)^i n_i.
+    amplitude = np.array([0.0, 0.1, -0.2])
+    n = 0.5 + amplitude[:, None] * (-1.0) ** np.arange(6)
+    rho = np.zeros((3, 6, 6), np.complex64)
+    rho[:, np.arange(6), np.arange(6)] = n
+    np.testing.assert_allclose(evaluate.staggered_density(rho), np.repeat(amplitude[:, None], 6, axis=1), atol=1e-7)
+
+
+@pytest.mark.parametrize(("charge", "lattice", "warned"), [
+    (1e-4, 4e-4, ["charge", "lattice"]),  # the L=16 deep quench
+    (0.35, 1.0, []),  # the L=32 deep quench
+    (0.35, 1e-3, ["lattice"]),
+])  # fmt: skip
+def test_noise_level_warning_fires_only_below_the_threshold(charge: float, lattice: float, warned: list[str]) -> None:
+    ranges = {"charge": {"max_range": charge}, "lattice": {"max_range": lattice}}
+    structure = {"Q": {"truth": {"peak_m": 7, "peak_q": 7 * np.pi / 8}}}
+    warnings = evaluate.noise_level_warnings(ranges, structure)
+    assert [w.split()[1] for w in warnings] == warned
+    for warning in warnings:
+        assert "noise level" in warning and "structure factor" in warning and "L=32" in warning
+        assert "q = 0.875 pi, not at pi" in warning
+
+
+def synthetic_truth_share(span: float, with_modes: bool, n: int = 3, steps: int = 20, L: int = 8) -> evaluate.Share:
+    """A merged truth-only share whose order parameters swing over ``span``."""
+    swing = 0.5 * span * np.sin(np.linspace(0.0, 6.0, steps + 1) + np.arange(n)[:, None])
+    modes = {"truth": dict.fromkeys(("Q", "density"), np.abs(_rng_normal((n, steps + 1, L // 2 + 1))))}
+    return evaluate.Share(truth={"charge": swing, "lattice": 2 * swing, "energy": np.zeros((n, steps + 1)),
+                                 "energy_stored": np.zeros((n, steps + 1))},
+                          model=None, squared_errors=None, pattern=None, rollout_seconds=0.0,
+                          baseline={"seconds": 0.0, "trajectory_steps": 0}, modes=modes if with_modes else None)
+
+
+def _rng_normal(shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("with_modes", [True, False])
+def test_build_report_warns_on_a_noise_level_ensemble_only(with_modes: bool) -> None:
+    plan = evaluate.Plan(indices=(0, 1, 2), steps=20, max_lag=5, L=8, g_f=1.0, K0=1.0, eta=1.0, snapshot_dt=1.0,
+                         rk4_per_snapshot=1, baseline_steps=0)
+    quiet = evaluate.build_report(synthetic_truth_share(1e-4, with_modes), plan, {}, {}, {}, {})
+    assert [w.split()[1] for w in quiet["warnings"]] == ["charge", "lattice"]
+    assert quiet["notes"] == quiet["warnings"]
+    assert ("structure_factor" in quiet) == with_modes  # a share without modes (a benchmark's) still reports
+    loud = evaluate.build_report(synthetic_truth_share(0.3, with_modes), plan, {}, {}, {}, {})
+    assert loud["warnings"] == [] and loud["notes"] == []
+
+
+@pytest.fixture(scope="session")
+def trap_data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> Path:
+    # The L=16 deep quench, full transient, 40 snapshots: ~2 s, and the q = pi orders stay at ~1e-4.
+    return make_dataset(tmp_path_factory.mktemp("data") / "deep_L16", TRAP_CONFIG, "--no-virtual", "splits.train=1",
+                        "splits.val=0", "splits.test=2", "n_steps=40")
+
+
+def test_finite_size_trap_is_flagged_and_resolved_by_the_structure_factor(
+        tmp_path: Path, trap_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--truth-only", "--data", trap_data, "--out", tmp_path, "--baseline-steps", 0) == 0
+    printed = capsys.readouterr().out
+    report = read_report(tmp_path)
+    assert report["ranges"]["truth"]["charge"]["max_range"] < 1e-3
+    assert report["ranges"]["truth"]["lattice"]["max_range"] < 1e-3
+    assert [w.split()[1] for w in report["warnings"]] == ["charge", "lattice"]
+    assert all(w in report["notes"] for w in report["warnings"])
+    assert printed.count("WARNING: truth") == 2 and "structure factor" in printed
+    # Q grows in an odd mode below pi (7 pi / 8 here), orders of magnitude above the q = pi bin.
+    spectrum = report["structure_factor"]["Q"]["truth"]
+    assert spectrum["peak_m"] % 2 == 1 and spectrum["peak_m"] < 8
+    assert spectrum["mean"][spectrum["peak_m"]] > 1e3 * spectrum["mean"][8]
+    assert report["structure_factor"]["Q"]["autocorr"]["m"] == spectrum["peak_m"]
+    assert "structure_factor" in report["plots"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,12 +397,22 @@ def small_l8_data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> Pat
                         "n_steps=2", "splits.train=1", "splits.val=0", "splits.test=1")
 
 
+def save_ours(model: torch.nn.Module, trained_on: Path, path: Path) -> Path:
+    """``model`` as one of our checkpoint files, nominally trained on the dataset ``trained_on``."""
+    atomic_save(model_payload(model, data_signature(open_dataset(trained_on).config)), path)
+    return path
+
+
 def bad_input_cases(data: Path, model: Path, tmp: Path, l8_data: Path) -> list[tuple[list[Any], str]]:
     # An original-format copy of the reference weights whose directory name says it was trained at L=32.
     wrong_l = tmp / "tiny-quench_0p5_0p8-L_32"
     shutil.copytree(model, wrong_l)
-    ours_l8 = tmp / "ours-L8.pt"
-    torch.save({**model_payload(load_model(model)), "config": {"data": str(l8_data)}}, ours_l8)
+    # Ours records its training data's signature itself: the check needs no path to that data.
+    moved = tmp / "moved_L8"
+    shutil.copytree(l8_data, moved)
+    ours_l8 = save_ours(load_model(model), moved, tmp / "ours-L8.pt")
+    shutil.rmtree(moved)
+    (tmp / "a_file").write_text("")
     ckpt = ["--checkpoint", model, "--data", data]
     return [
         (["--data", data], "pass --checkpoint"),
@@ -289,6 +427,8 @@ def bad_input_cases(data: Path, model: Path, tmp: Path, l8_data: Path) -> list[t
         (["--checkpoint", ours_l8, "--data", data], "trained on L=8 but"),
         (["--checkpoint", tmp / "missing", "--data", data], "does not exist"),
         (["--checkpoint", model, "--data", tmp / "missing"], "does not exist"),
+        ([*ckpt, "--out", tmp / "a_file"], "is a file, not a directory"),
+        ([*ckpt, "--out", tmp / "a_file" / "report"], "lies under the file"),
     ]
 
 
@@ -297,7 +437,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, shallow_data: Path, ref
     cases = bad_input_cases(shallow_data, reference_model, tmp_path, small_l8_data)
     for argv, expected in cases:
         capsys.readouterr()
-        assert run(*argv, "--out", tmp_path / "out") == 2, argv
+        out = [] if "--out" in argv else ["--out", tmp_path / "out"]
+        assert run(*argv, *out) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("evaluate: error: "), err
         assert expected in err, (argv, err)

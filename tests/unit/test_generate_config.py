@@ -17,7 +17,8 @@ TINY = CONFIGS / "tiny.yaml"
 
 def test_every_data_config_loads():
     names = {p.name for p in CONFIGS.glob("*.yaml")}
-    assert names >= {"deep_L16_small.yaml", "deep_L32.yaml", "shallow_L16.yaml", "shallow_L32.yaml", "tiny.yaml"}
+    assert names >= {"deep_L16_finite_size_trap.yaml", "deep_L32.yaml", "shallow_L16.yaml", "shallow_L32.yaml",
+                     "tiny.yaml"}
     for path in CONFIGS.glob("*.yaml"):
         cfg = load_config(DataConfig, path)
         assert cfg.precision == "single" and cfg.noise == 1e-4 and cfg.dt == 0.01, path.name

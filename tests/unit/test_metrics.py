@@ -317,6 +317,75 @@ def test_power_spectrum_distance_rejects_other_lengths_and_constants():
         metrics.power_spectrum_distance(np.ones((2, 10)), _rng(17).normal(size=(2, 10)))
 
 
+# ----------------------------------------------------------------------------- structure factor
+
+
+def _direct_full_spectrum(x: np.ndarray) -> np.ndarray:
+    """S(q_m) for m = 0..L-1 by the defining sum |sum_j e^{-i q_m j} x_j|^2 / L, no FFT."""
+    n_sites = x.shape[-1]
+    j = np.arange(n_sites)
+    phases = np.exp(-2j * np.pi * np.outer(np.arange(n_sites), j) / n_sites)  # [m, j]
+    return np.abs(x @ phases.T) ** 2 / n_sites
+
+
+@pytest.mark.parametrize("n_sites", [16, 32, 15])
+def test_structure_factor_of_a_cosine_mode_peaks_there_with_amplitude_squared_l_over_4(n_sites):
+    amplitude, phase = 0.8, 0.3
+    j = np.arange(n_sites)
+    for m in range(1, (n_sites + 1) // 2):  # every mode strictly between 0 and pi
+        x = amplitude * np.cos(2 * np.pi * m * j / n_sites + phase)
+        s = metrics.structure_factor(x)
+        assert s.shape == (n_sites // 2 + 1,)
+        expected = np.zeros_like(s)
+        expected[m] = amplitude**2 * n_sites / 4  # |A L/2 e^{i phase}|^2 / L
+        np.testing.assert_allclose(s, expected, atol=1e-12)
+        assert metrics.structure_factor_peak(s) == m
+        assert metrics.wavevectors(n_sites)[m] == pytest.approx(2 * np.pi * m / n_sites)
+
+
+def test_structure_factor_at_pi_is_l_times_the_staggered_order_squared():
+    # The q = pi bin is the SPEC order parameter: S(pi) = L phi^2 with phi = (1/L) sum_j (-1)^j x_j.
+    q_field = _rng(20).normal(size=(3, 7, 16))
+    s = metrics.structure_factor(q_field)
+    assert metrics.wavevectors(16)[-1] == pytest.approx(np.pi)
+    np.testing.assert_allclose(s[..., -1], 16 * metrics.lattice_order(q_field) ** 2, rtol=1e-12)
+    stripes = 0.25 * (-1.0) ** np.arange(16)
+    np.testing.assert_allclose(metrics.structure_factor(stripes), [0.0] * 8 + [16 * 0.25**2], atol=1e-12)
+
+
+@pytest.mark.parametrize("n_sites", [2, 15, 16, 32])
+def test_structure_factor_parseval_and_half_spectrum(n_sites):
+    x = _rng(n_sites).normal(size=(4, 5, n_sites))
+    full = _direct_full_spectrum(x)
+    # Parseval over the whole spectrum m = 0..L-1, with the 1/L normalisation: sum_m S = sum_j x_j^2.
+    np.testing.assert_allclose(full.sum(-1), (x**2).sum(-1), rtol=1e-12)
+    # The half spectrum is the first L//2 + 1 bins; a real field mirrors the rest, S(q_{L-m}) = S(q_m).
+    half = metrics.structure_factor(x)
+    np.testing.assert_allclose(half, full[..., : n_sites // 2 + 1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(full[..., 1:], full[..., :0:-1], rtol=1e-10, atol=1e-12)
+    # So the half spectrum with its multiplicities (1 at q = 0 and, for even L, q = pi; else 2) adds up too.
+    weights = metrics.structure_factor_multiplicity(n_sites)
+    assert weights.sum() == n_sites
+    np.testing.assert_allclose(half @ weights, (x**2).sum(-1), rtol=1e-12)
+
+
+def test_structure_factor_accepts_torch_and_rejects_complex_and_scalars():
+    x = _rng(21).normal(size=(2, 8))
+    np.testing.assert_allclose(metrics.structure_factor(torch.from_numpy(x)), metrics.structure_factor(x))
+    with pytest.raises(ValueError, match="real-valued"):
+        metrics.structure_factor(x + 0j)
+    with pytest.raises(ValueError, match="site axis"):
+        metrics.structure_factor(np.float64(1.0))
+
+
+def test_structure_factor_peak_leaves_out_q_zero():
+    assert metrics.structure_factor_peak([100.0, 1.0, 3.0, 2.0]) == 2  # q = 0 is largest but not a wave vector
+    with pytest.raises(ValueError, match=">= 2 bins"):
+        metrics.structure_factor_peak([1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.structure_factor_peak([0.0, np.nan, 1.0])
+
+
 # ----------------------------------------------------------------------------- energy drift
 
 

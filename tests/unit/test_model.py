@@ -12,18 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from holstein_dist.checkpoints import FORMAT, load_model, model_payload
 from holstein_dist.model import (
-    FORMAT,
     PARC,
     SCALE_KEYS,
     ModelConfig,
     SimpleCNN,
     build_model,
     embed,
-    load_model,
-    model_payload,
     unembed,
 )
+from hpc import checkpoint as hpc_ckpt
+
+SIGNATURE = {"L": 8, "snapshot_dt": 0.64, "protocol": "shallow", "g_i": 0.5, "g_f": 0.8}
 
 REFERENCE_KEYS = {
     "cnn.in_scale_rho", "cnn.in_scale_Q", "cnn.in_scale_P",
@@ -292,16 +293,15 @@ def trained_looking_model(kind: str) -> nn.Module:
 
 
 def save_payload(model: nn.Module, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**model_payload(model), "step": 7}, path)
+    hpc_ckpt.atomic_save({**model_payload(model, SIGNATURE), "step": 7}, path)
     return path
 
 
 @pytest.mark.parametrize("kind", ["simple", "parc"])
 def test_payload_round_trip_gives_identical_outputs(tmp_path, kind):
     model = trained_looking_model(kind).eval()
-    payload = model_payload(model)
-    assert payload["format"] == FORMAT and payload["scales"] == SCALES
+    payload = model_payload(model, SIGNATURE)
+    assert payload["format"] == FORMAT and payload["scales"] == SCALES and payload["data_signature"] == SIGNATURE
     assert payload["model_config"] == dataclasses.asdict(model.config)
     loaded = load_model(save_payload(model, tmp_path / "model.pt"))
     assert type(loaded) is type(model) and not loaded.training
@@ -318,7 +318,7 @@ def test_payload_unwraps_wrappers():
             super().__init__()
             self.module = module
 
-    assert model_payload(Wrapper(model))["model"].keys() == model.state_dict().keys()
+    assert model_payload(Wrapper(model), SIGNATURE)["model"].keys() == model.state_dict().keys()
 
 
 def test_run_directory_prefers_best_then_the_highest_step(tmp_path):
@@ -341,17 +341,19 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
     (tmp / "text.pt").write_text("not a checkpoint")
     model = trained_looking_model("simple")
     torch.save(model.state_dict(), tmp / "bare_state.pt")
-    payload = model_payload(model)
-    torch.save({**payload, "model_config": {**payload["model_config"], "channels": 6}}, tmp / "shape.pt")
-    torch.save({**payload, "model_config": {**payload["model_config"], "kind": "lstm"}}, tmp / "kind.pt")
+    payload = model_payload(model, SIGNATURE)
+    hpc_ckpt.atomic_save({**payload, "model_config": {**payload["model_config"], "channels": 6}}, tmp / "shape.pt")
+    hpc_ckpt.atomic_save({**payload, "model_config": {**payload["model_config"], "kind": "lstm"}}, tmp / "kind.pt")
+    hpc_ckpt.atomic_save({**payload, "format": "holstein-dist/1"}, tmp / "old.pt")
     (tmp / "orig").mkdir()
     (tmp / "orig" / "model_kwargs.json").write_text("{}")
     return {
         "missing": (tmp / "nope.pt", "does not exist"),
         "empty dir": (tmp / "empty", "neither checkpoints/ nor model_kwargs.json"),
         "no checkpoints": (tmp / "no_ckpt", "holds no best.pt"),
-        "not torch": (tmp / "text.pt", "cannot read"),
-        "unknown format": (tmp / "bare_state.pt", "not a holstein-dist checkpoint"),
+        "not torch": (tmp / "text.pt", "is unreadable"),
+        "no checksum": (tmp / "bare_state.pt", "has no sha256 checksum"),
+        "unknown format": (tmp / "old.pt", "expected 'holstein-dist/2'"),
         "shape mismatch": (tmp / "shape.pt", "shape mismatch for 'cnn.CNN."),
         "bad config": (tmp / "kind.pt", "'kind'"),
         "original without weights": (tmp / "orig", "no model_weights.pth"),

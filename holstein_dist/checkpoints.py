@@ -1,0 +1,282 @@
+"""The one owner of the surrogate checkpoint formats: what a file holds, where it is found, how it loads.
+
+Two formats are read:
+
+* **ours** (``format: holstein-dist/2``), written by training (``checkpoints/step-*.pt``, ``best.pt``) and by
+  :func:`export_model` (a weights-only model file for sharing). Every file carries the model config, the
+  nine normalization scales, the weights, and the *data signature* (ring length, snapshot interval and
+  quench protocol of the training set), so a model can be checked against evaluation data without the
+  training set still being where it was. Training checkpoints add optimizer, scheduler, RNG and
+  curriculum state. Bytes and safety (atomic writes, ``weights_only`` loading, the embedded checksum)
+  are ``hpc.checkpoint``'s job.
+* **original** published models: a directory with ``model_kwargs.json`` and ``model_weights.pth``.
+
+:func:`load_model` takes any of: one of our files, a run directory (its ``checkpoints/best.pt``, else the
+newest ``step-*.pt``), or an original directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from holstein_dist.config import from_dict
+from holstein_dist.model import ModelConfig, Surrogate, build_model, unwrap
+from hpc import checkpoint as ckpt
+
+FORMAT = "holstein-dist/2"
+"""Value of the ``format`` key in our files; bump it when the payload layout changes."""
+CHECKPOINT_DIR = "checkpoints"
+"""Sub-directory of a run directory that holds its checkpoints."""
+MODEL_KEYS = ("format", "model_config", "scales", "model", "data_signature")
+"""Keys every file of ours has (training checkpoints add optimizer, scheduler, rng, config, step, ...)."""
+TRAINING_KEYS = (*MODEL_KEYS, "optimizer", "scheduler", "step")
+"""Keys a checkpoint needs to resume training."""
+SIGNATURE_KEYS = ("L", "snapshot_dt", "protocol", "g_i", "g_f")
+"""What a model records about its training data (``data_signature``)."""
+
+Kind = Literal["ours", "original"]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def data_signature(data_config: Any) -> dict[str, Any]:
+    """The training set's facts a model depends on, from a dataset's ``DataConfig``."""
+    return {
+        "L": int(data_config.L),
+        "snapshot_dt": float(data_config.snapshot_dt),
+        "protocol": str(data_config.protocol),
+        "g_i": float(data_config.g_i),
+        "g_f": float(data_config.g_f),
+    }
+
+
+def model_payload(model: torch.nn.Module, signature: Mapping[str, Any]) -> dict[str, Any]:
+    """The model part of every file of ours: format tag, config, scales, data signature, CPU weights."""
+    core = unwrap(model)
+    if not isinstance(core, Surrogate):
+        raise TypeError(f"model_payload needs a SimpleCNN or PARC, got {type(core).__name__}")
+    return {
+        "format": FORMAT,
+        "model_config": dataclasses.asdict(core.config),
+        "scales": dict(core.scales),
+        "data_signature": dict(signature),
+        # Copies, so a checkpoint written in the background is not changed by the next optimizer step.
+        "model": {k: v.detach().to("cpu", copy=True) for k, v in core.state_dict().items()},
+    }
+
+
+def export_model(source: str | Path, out: str | Path) -> Path:
+    """Write the model of ``source`` (run dir or checkpoint file of ours) as a weights-only file ``out``.
+
+    The result holds only :data:`MODEL_KEYS` (a few hundred KB for the small models): the file to share or
+    commit, loadable by :func:`load_model` and ``evaluate --checkpoint``.
+    """
+    _, path = resolve(Path(source))
+    payload = read_payload(path)
+    ckpt.atomic_save({key: payload[key] for key in MODEL_KEYS}, out)
+    return Path(out)
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def find_in_run(run: Path) -> Path:
+    """The file :func:`load_model` takes from a run directory: ``best.pt``, else the newest ``step-*.pt``."""
+    directory = run / CHECKPOINT_DIR
+    if not directory.is_dir():
+        raise ValueError(
+            f"directory {str(run)!r} has neither {CHECKPOINT_DIR}/ nor model_kwargs.json; pass a run "
+            "directory, a checkpoint .pt file or an original-format model directory"
+        )
+    if (directory / ckpt.BEST_NAME).is_file():
+        return directory / ckpt.BEST_NAME
+    newest = ckpt.latest_checkpoint(directory)
+    if newest is None:
+        raise ValueError(f"{str(directory)!r} holds no {ckpt.BEST_NAME} or step-*.pt; train first or pass a "
+                         "checkpoint file")
+    return newest
+
+
+def resolve(path: Path) -> tuple[Kind, Path]:
+    """(format, file holding the weights) for anything :func:`load_model` accepts."""
+    if path.is_dir():
+        if (path / "model_kwargs.json").is_file():
+            return "original", path / "model_weights.pth"
+        return "ours", find_in_run(path)
+    if path.is_file():
+        return "ours", path
+    raise ValueError(
+        f"model path {str(path)!r} does not exist; pass a checkpoint .pt file, a run directory containing "
+        f"{CHECKPOINT_DIR}/, or a directory with model_kwargs.json"
+    )
+
+
+# --------------------------------------------------------------------------- reading and checking
+
+
+def read_payload(path: Path, required: tuple[str, ...] = MODEL_KEYS) -> dict[str, Any]:
+    """A verified payload of ours with at least ``required``; anything else is a one-line CheckpointError."""
+    payload = ckpt.load_checkpoint(path, required=("format",))
+    if payload["format"] != FORMAT:
+        raise ckpt.InvalidCheckpoint(
+            f"{str(path)!r} has format {payload['format']!r}, expected {FORMAT!r}; for original reference "
+            "weights pass the directory with model_kwargs.json, else retrain or use a fresh run_dir"
+        )
+    absent = [key for key in required if key not in payload]
+    if absent:
+        raise ckpt.InvalidCheckpoint(f"checkpoint {str(path)!r} lacks {absent}; it was written incompletely, "
+                                     "use another one")
+    return payload
+
+
+def check_resumable(payload: Mapping[str, Any], path: Path, model: Surrogate) -> None:
+    """Refuse a checkpoint of another format, model or normalization (one line, with the fix)."""
+    if payload["format"] != FORMAT:
+        raise ckpt.CheckpointError(f"{path} has format {payload['format']!r}, expected {FORMAT!r}; use a fresh run_dir")
+    if payload["model_config"] != dataclasses.asdict(model.config):
+        raise ckpt.CheckpointError(
+            f"{path} holds a different model ({payload['model_config']}); use a fresh run_dir or the same model"
+        )
+    changed = [k for k, v in model.scales.items() if not math.isclose(v, payload["scales"].get(k, math.nan))]
+    if changed:
+        key = changed[0]
+        raise ckpt.CheckpointError(
+            f"{path} was trained on data with other normalization scales ({key}: {payload['scales'].get(key)} vs "
+            f"{model.scales[key]}); use the same data or a fresh run_dir"
+        )
+
+
+def recorded_signature(path: Path) -> dict[str, Any]:
+    """What a model file says about its training data (``L``, ``snapshot_dt``, ...), plus ``source``.
+
+    Ours record the data signature themselves. Original directories record nothing but their name,
+    which the reference spells ``<size>-quench_<gi>_<gf>-L_<L>``.
+    """
+    kind, weights = resolve(path)
+    if kind == "original":
+        match = re.search(r"(?:^|[-_])L_(\d+)(?:$|[-_])", path.resolve().name)
+        return {"L": int(match.group(1)), "source": "directory name"} if match else {}
+    return {**read_payload(weights)["data_signature"], "source": "checkpoint"}
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Surrogate:
+    """A model in eval mode from a file of ours, a run directory or an original directory (see module doc).
+
+    Problems raise a one-line ValueError naming the file and the fix. Nothing is unpickled beyond tensors
+    and plain containers, so a file from someone else cannot run code here.
+    """
+    kind, weights = resolve(Path(path))
+    model = _load_original(Path(path)) if kind == "original" else _load_ours(weights)
+    return model.to(device).eval()
+
+
+def _load_ours(path: Path) -> Surrogate:
+    payload = read_payload(path)
+    try:
+        model = build_model(from_dict(ModelConfig, payload["model_config"]), payload["scales"])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r}: {exc}") from None
+    load_state(model, payload["model"], path)
+    return model
+
+
+# --------------------------------------------------------------------------- original format
+
+
+# Architecture switches of the reference code and the only values the model module implements.
+_ORIGINAL_FIXED = {
+    "use_residual_scalar": False,
+    "act_func": "Tanh()",
+    "use_layernorm": True,
+    "dtype": "torch.float32",
+}
+
+
+def _load_original(directory: Path) -> Surrogate:
+    weights = directory / "model_weights.pth"
+    if not weights.is_file():
+        raise ValueError(
+            f"{str(directory)!r} has model_kwargs.json but no model_weights.pth; put the weights file next to it"
+        )
+    kwargs_path = directory / "model_kwargs.json"
+    try:
+        kwargs = json.loads(kwargs_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{str(kwargs_path)!r} is not valid JSON (line {exc.lineno}); restore the original file"
+        ) from None
+    cfg, scales = _original_config(kwargs, kwargs_path)
+    try:
+        model = build_model(cfg, scales)
+    except ValueError as exc:
+        raise ValueError(f"{str(kwargs_path)!r} data_scalars: {exc}") from None
+    try:
+        # map_location: the reference saved its weights from a CUDA device; we may have none.
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable or unsafe file gets the same one-line answer
+        raise ValueError(
+            f"cannot read {str(weights)!r} as a weights file ({type(exc).__name__}); restore the original "
+            "model_weights.pth (only plain tensors are loaded)"
+        ) from None
+    load_state(model, state, weights)
+    return model
+
+
+def _original_config(kwargs: dict[str, Any], source: Path) -> tuple[ModelConfig, dict[str, float]]:
+    """Translate the reference's model_kwargs.json into (ModelConfig, scales)."""
+    required = ("channels", "n_blocks", "kernel_size", "dropout_p", "data_scalars")
+    absent = [key for key in required if key not in kwargs]
+    if absent:
+        raise ValueError(f"{str(source)!r} lacks {absent}; it is not an original model_kwargs.json")
+    for key, value in _ORIGINAL_FIXED.items():
+        if kwargs.get(key, value) != value:
+            raise ValueError(
+                f"{str(source)!r} sets {key}={kwargs[key]!r}, but only {key}={value!r} is "
+                "implemented here; this original model cannot be loaded"
+            )
+    try:
+        cfg = ModelConfig(
+            kind="simple" if kwargs.get("simple_cnn", False) else "parc",
+            channels=int(kwargs["channels"]),
+            n_blocks=int(kwargs["n_blocks"]),
+            kernel_size=int(kwargs["kernel_size"]),
+            dropout=float(kwargs["dropout_p"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{str(source)!r}: {exc}") from None
+    return cfg, dict(kwargs["data_scalars"])
+
+
+def load_state(model: Surrogate, state: Any, source: Path) -> None:
+    """Strict load with every mismatch reported in one line instead of PyTorch's multi-line error."""
+    if not isinstance(state, Mapping):
+        raise ValueError(
+            f"{str(source)!r} holds a {type(state).__name__}, not a state dict; pass the model's weights file"
+        )
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]!r})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
+    if mismatched:
+        key = mismatched[0]
+        problems.append(f"shape mismatch for {key!r}: file {tuple(state[key].shape)}, model {tuple(own[key].shape)}")
+    if problems:
+        raise ValueError(
+            f"weights in {str(source)!r} do not fit the {type(model).__name__} built from its config: "
+            f"{'; '.join(problems)}; pass weights written with the same model config"
+        )
+    model.load_state_dict(state, strict=True)
