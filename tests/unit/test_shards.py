@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -309,3 +310,46 @@ def test_virtual_split_file_stitches_shards(tmp_path, monkeypatch):
         assert f["rho"].shape == (5, T + 1, L, L) and f.attrs["split"] == "train"
         for key in ("rho", "Q_mid", "energy", "traj_id"):
             np.testing.assert_array_equal(f[key][:], train.read_many(range(5), keys=(key,))[key])
+
+
+def _flip_a_byte_in_every_chunk(path, key: str) -> int:
+    """Flip one bit in the middle of each stored chunk of dataset ``key`` (same size: sizes still match)."""
+    with h5py.File(path, "r") as f:
+        ds = f[key]
+        chunks = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+    with open(path, "r+b") as handle:
+        for chunk in chunks:
+            handle.seek(chunk.byte_offset + chunk.size // 2)
+            byte = handle.read(1)
+            handle.seek(-1, 1)
+            handle.write(bytes([byte[0] ^ 0x01]))
+    return len(chunks)
+
+
+def test_a_flipped_byte_in_a_shard_is_caught_on_read_by_every_reader(tiny_data, tmp_path, capsys):
+    """Same-size corruption: the size check passes, HDF5's Fletcher32 check stops train and evaluate."""
+    import shutil
+
+    from holstein_dist import evaluate, train
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    ds = sh.open_dataset(data)
+    for split in ds.splits:
+        for path in ds.split(split).shard_paths:
+            assert _flip_a_byte_in_every_chunk(path, "Q") >= 1
+    ds = sh.open_dataset(data)  # sizes unchanged: opening still succeeds
+    with pytest.raises(sh.CorruptShard) as info:
+        ds.split("test").read(0)
+    message = str(info.value)
+    path = ds.split("test").shard_paths[0]
+    assert str(path) in message and "re-run the generate command" in message and "\n" not in message
+    root = Path(__file__).resolve().parents[2]
+    argv = ["--config", str(root / "configs/train/tiny.yaml"), f"data={data}", f"run_dir={tmp_path / 'run'}",
+            "max_steps=2"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: shard ") and "is corrupt" in err and err.count("\n") == 1, err
+    assert evaluate.main(["--truth-only", "--data", str(data), "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "is corrupt" in err and err.count("\n") == 1, err

@@ -148,7 +148,8 @@ def test_bf16_and_gradient_checkpointing_flags_run_on_cpu(tiny_data, tmp_path):
         (["curriculum.warmup_steps=500"], "warmup_steps (500) must be >= 0 and shorter than every stage"),
         (["model.kind=rnn"], "config key 'model.kind' is 'rnn'"),
         (["data=/nonexistent/tiny"], "data directory '/nonexistent/tiny' does not exist"),
-        (["val_split=test2"], "has no split 'test2'"),
+        (["val_split=test2"], "val_split 'test2' is not in"),
+        (["train_split=holdout"], "train_split 'holdout' is not in"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, overrides, message):
@@ -157,7 +158,40 @@ def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, overrides, mes
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # refused before config.yaml, events or checkpoints were written
+
+
+def test_run_dir_that_is_a_file_is_refused_before_any_work(tiny_data, tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")
+    for run_dir, message in ((tmp_path / "afile", "is a file, not a directory"),
+                             (tmp_path / "afile" / "run", "lies under the file")):
+        assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={run_dir}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: run_dir ") and message in err and err.count("\n") == 1
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_a_second_train_on_the_same_run_dir_is_refused_while_the_first_runs(tiny_data, tmp_path, capsys):
+    from hpc.files import DirectoryLock
+
+    run_dir = tmp_path / "run"
+    with DirectoryLock(run_dir, job_id="4242"):  # stands in for a live first run (another process's flock)
+        assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={run_dir}", "max_steps=2"]) == 2
+        err = capsys.readouterr().err
+        assert "(run_dir) is in use by another process" in err and "Slurm job 4242" in err
+        assert not (run_dir / "checkpoints").exists()
+    # Released on exit (and by the kernel when a holder dies): the next run goes ahead.
+    assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={run_dir}", "max_steps=2"]) == 0
+
+
+def test_the_requeued_job_of_the_same_run_is_not_blocked_by_its_own_lock(tiny_data, tmp_path, monkeypatch):
+    from hpc.files import DirectoryLock
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    # The lock as a dead incarnation of job 777 on another node may still appear on a network file system.
+    with DirectoryLock(run_dir, job_id="777"):
+        assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={run_dir}", "max_steps=2"]) == 0
 
 
 def test_missing_config_file_is_one_clear_line(tmp_path, capsys):
