@@ -4,13 +4,19 @@ For L = 16, 32, 64 and each backend (fused numba kernel, batched numpy, torch ea
 torch on CUDA when a GPU is visible) this measures microseconds per trajectory per RK4 step on one
 core (numba ``threads=1``, ``torch.set_num_threads(1)``) and on the whole machine, as the median of
 ``--repeats`` timed runs after a warm-up (compilation and first-touch excluded). Each timed run is
-long enough to last about ``--seconds``. The reference C++ simulator (Armadillo, one core: 45 / 157
-/ 836 us per step, SPEC section 1) is a column, with the speed-up over it. A last column gives the
+long enough to last about ``--seconds``. With ``--reference-bin PATH`` (the original C++ simulator
+``qdyn``, built by you from github.com/apning/holstein-parc ``data/data_src``) its cost per step is
+measured in the same run, on one core, and every row gets the speed-up over it. A last column gives the
 largest deviation of the backend from the numpy reference after a short run, so that a fast but
 wrong kernel cannot pass unnoticed.
 
     python benchmarks/simulate.py [--L 16 32 64] [--backends numba numba1 numpy torch cuda] [--batch 64]
                                   [--cuda-batch 4096] [--repeats 3] [--seconds 0.4] [--json PATH]
+                                  [--reference-bin PATH/qdyn]
+
+The C++ figure is the difference of two runs of different length divided by their difference in steps,
+so its start-up (the self-consistent initial state) and file writing cancel; it runs the deep quench
+(g 0 -> 1) with ``OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=1``.
 
 ``numba1`` is the numba kernel on a single trajectory (a batch of one pads nothing but has only
 one chunk, hence one thread). numpy's elementwise operations are single-threaded, so its two rows
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,7 +46,6 @@ import numpy as np
 
 from holstein_dist import physics as ph
 
-REFERENCE_US = {16: 45.0, 32: 157.0, 64: 836.0}  # original C++ simulator, one core (SPEC section 1)
 CHECK_STEPS = 50
 
 
@@ -106,8 +112,8 @@ def make(backend: str, L: int, batch: int, threads: int | None):
     if backend == "torch":
         stepper = ph.TorchStepper(rho, Q, P, g=1.0, dt=ph.DT_DEFAULT, K0=ph.K0_DEFAULT, eta=ph.ETA_DEFAULT)
         return stepper.advance, (lambda: None), stepper.state
-    stepper = ph.TorchStepper(rho, Q, P, g=1.0, dt=ph.DT_DEFAULT, K0=ph.K0_DEFAULT, eta=ph.ETA_DEFAULT,
-                              device="cuda")
+    # The GPU default (what make_stepper gives CUDA tensors): fused, compiled, CUDA-graph replay.
+    stepper = ph.FusedTorchStepper(rho, Q, P, g=1.0, device="cuda")
     return stepper.advance, torch.cuda.synchronize, stepper.state
 
 
@@ -146,6 +152,60 @@ def deviation(backend: str, L: int) -> float:
     return max(float(np.abs(np.asarray(x) - y).max()) for x, y in zip(out, ref))
 
 
+def run_reference(binary: str, L: int, steps: int) -> tuple[float, float]:
+    """(wall, child CPU) seconds of one run of the original simulator over ``steps`` + 2 RK4 steps.
+
+    Positional arguments as the original's data pipeline passes them: out dir, sim number, phase, save
+    interval, save mid-interval, L, dt, pre-steps, saved steps, g_i, g_f, noise, zero displacement, zero
+    momentum, on-site V. Saving one snapshot after 2 steps keeps its file writing negligible.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [binary, out, "0", "0", "2", "0", str(L), str(ph.DT_DEFAULT), str(steps), "1", "0.0", "1.0", "0.0001",
+               "0", "1", "0.0"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"error: --reference-bin {binary} failed at L={L} (exit {proc.returncode}: {tail}); "
+                         "pass the qdyn built from the original data/data_src")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cpu
+
+
+def measure_reference(binary: str, L: int, repeats: int, seconds: float) -> dict:
+    """us per RK4 step of the original C++ simulator at ``L``: median over ``repeats`` pairs of runs."""
+    short = 100
+    long = 1000
+    while True:  # lengthen until the long run lasts about ``seconds``
+        wall, _ = run_reference(binary, L, long)
+        if wall >= seconds or long >= 1 << 24:
+            break
+        long = max(2 * long, int(long * seconds / max(wall, 1e-6)))
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w0, c0 = run_reference(binary, L, short)
+        w1, c1 = run_reference(binary, L, long)
+        walls.append((w1 - w0) / (long - short) * 1e6)
+        cpus.append((c1 - c0) / (long - short) * 1e6)
+    us = statistics.median(walls)
+    print(f"  C++ reference  L={L:3d}: {us:9.3f} us/step (runs {min(walls):.3g}..{max(walls):.3g}; "
+          f"process CPU time {statistics.median(cpus):.3g})", flush=True)
+    return {"L": L, "us_per_step": us, "us_runs": walls, "cpu_us_per_step": statistics.median(cpus),
+            "steps": [short, long]}
+
+
+def check_reference_bin(path: str) -> str:
+    resolved = os.path.abspath(os.path.expanduser(path))
+    if not (os.path.isfile(resolved) and os.access(resolved, os.X_OK)):
+        raise SystemExit(f"error: --reference-bin {path} is not an executable file; build the original simulator "
+                         "(make in the original data/data_src) and pass its qdyn")
+    return resolved
+
+
 def measure(backend: str, args: argparse.Namespace, n_cores: int) -> list[dict]:
     """All rows of one backend (every L; one core and the whole machine)."""
     if backend == "cuda":
@@ -169,8 +229,6 @@ def measure(backend: str, args: argparse.Namespace, n_cores: int) -> list[dict]:
             rows.append({
                 "backend": backend, "cores": label, "threads": threads, "batch": batch, "L": L,
                 "us_per_trajectory_step": us, "us_runs": runs, "cpu_us_per_trajectory_step": cpu_us,
-                "reference_cpp_us": REFERENCE_US.get(L),
-                "speedup_vs_cpp": REFERENCE_US[L] / us if L in REFERENCE_US else None,
                 "max_dev_vs_numpy": dev,
             })
             print(f"  {backend:6s} {label:8s} L={L:3d} batch={batch:5d}: {us:9.3f} us/trajectory/step "
@@ -194,10 +252,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--in-process", action="store_true",
                         help="measure every backend in this process (default: one fresh process per backend, "
                              "so that one runtime's idle spinning threads cannot slow the next)")
+    parser.add_argument("--reference-bin", default=None, metavar="PATH",
+                        help="the original C++ simulator (qdyn, built from the original sources): measure its "
+                             "cost per step in this run and report the speed-ups")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 3:
         parser.error("--repeats must be >= 3 (the median of at least three runs is reported)")
+    if args.reference_bin:
+        args.reference_bin = check_reference_bin(args.reference_bin)
 
     n_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     backends = list(dict.fromkeys(args.backends))
@@ -215,6 +278,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except ImportError:
             backends.remove("cuda")
 
+    reference = {}
+    if args.reference_bin:
+        reference = {L: measure_reference(args.reference_bin, L, args.repeats, args.seconds) for L in args.L}
     rows = []
     for backend in backends:
         if args.in_process:
@@ -237,21 +303,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"| speed-up vs C++ | max dev vs numpy ({CHECK_STEPS} steps) |")
     print("|---|---|---|---|---|---|---|---|---|")
     names = {"numba": "numba (fused kernel)", "numba1": "numba, 1 trajectory", "numpy": "numpy (batched)",
-             "torch": "torch eager CPU", "cuda": "torch CUDA"}
+             "torch": "torch eager CPU", "cuda": "torch CUDA (fused)"}
     for r in rows:
-        ref = r["reference_cpp_us"]
+        ref = reference.get(r["L"], {}).get("us_per_step")
+        r["reference_cpp_us"] = ref
+        r["speedup_vs_cpp"] = ref / r["us_per_trajectory_step"] if ref else None
+        speedup = f"{r['speedup_vs_cpp']:.1f}x" if ref else "- (pass --reference-bin)"
         print(f"| {names[r['backend']]} | {r['cores']} | {r['batch']} | {r['L']} | {r['us_per_trajectory_step']:.3g} "
-              f"| {r['cpu_us_per_trajectory_step']:.3g} | {ref if ref is not None else '-'} "
-              f"| {r['speedup_vs_cpp']:.1f}x | {r['max_dev_vs_numpy']:.1e} |")
+              f"| {r['cpu_us_per_trajectory_step']:.3g} | {f'{ref:.3g}' if ref else '-'} "
+              f"| {speedup} | {r['max_dev_vs_numpy']:.1e} |")
     if args.json:
         import numba
         import torch
 
         meta = {"cpu": cpu_name(), "cores": n_cores, "numpy": np.__version__, "numba": numba.__version__,
                 "torch": torch.__version__, "repeats": args.repeats, "seconds_per_run": args.seconds,
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "reference_bin": args.reference_bin}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=2)
+            json.dump({"meta": meta, "results": rows, "reference_cpp": list(reference.values())}, f, indent=2)
         print(f"\nwrote {args.json}")
     return rows
 

@@ -1,8 +1,9 @@
 """Benchmark: one training step (4-step unrolled forward + backward) and the data loader's window rate.
 
-Reference (the original code on these machines, CPU, 2 threads, batch 8, L=32, 4-step unroll, forward +
-backward): medium PARC (C=128, 4 blocks) 3.40 s, tiny CNN (C=16, 1 block) 29 ms. Target: >= 1.3x faster
-at equal math. Every variant below runs the same model and loss (``holstein_dist.train``); eager,
+``--reference-src PATH`` (a checkout of the original code, github.com/apning/holstein-parc, that you
+supply; nothing of it is copied here) imports the original model and times its step beside ours in the
+same process, on the same batch, loss and threads (CPU or GPU), and prints the measured ratios; the
+target is >= 1.3x at equal math. Every variant below runs the same model and loss (``holstein_dist.train``); eager,
 channels_last and compile differ in memory layout and compilation only, and each variant's gradients are
 checked against eager's so a fast but wrong variant cannot pass (relative difference of the summed
 |gradient|, printed).
@@ -10,6 +11,7 @@ checked against eager's so a fast but wrong variant cannot pass (relative differ
     python benchmarks/train_step.py                       # CPU, 2 threads: tiny + medium, all variants
     python benchmarks/train_step.py --device cuda         # GPU: fp32 / bf16 / compile / bf16+compile
     python benchmarks/train_step.py --data DIR            # loader rate on an existing data set (L=32 best)
+    python benchmarks/train_step.py --reference-src ~/holstein-parc [--device cuda]   # + the original code
 
 Variants: ``eager`` (NCHW, as built), ``channels_last`` (the ``channels_last`` train flag),
 ``compile`` (torch.compile of the surrogate, the ``compile`` flag), ``bf16`` (the ``bf16`` flag: autocast
@@ -39,7 +41,6 @@ from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
 from holstein_dist.train import Rollout, rollout_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_CPU_S = {"medium": 3.40, "tiny": 0.029}
 
 
 def step_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float]:
@@ -102,13 +103,70 @@ def train_step_fn(model_cfg: ModelConfig, variant: str, batch: dict, n: int, dev
     return step, step()
 
 
+def load_reference(src: str):
+    """The original code's ``src.modeling`` module, imported from the user's checkout at ``src``."""
+    root = Path(src).expanduser().resolve()
+    if not (root / "src" / "modeling.py").is_file():
+        raise SystemExit(f"error: --reference-src {src} has no src/modeling.py; pass a checkout of "
+                         "github.com/apning/holstein-parc")
+    sys.path.insert(0, str(root))
+    import importlib
+
+    module = importlib.import_module("src.modeling")
+    if Path(module.__file__).resolve().parent != root / "src":
+        raise SystemExit(f"error: another package named 'src' ({module.__file__}) shadows --reference-src {src}; "
+                         "run from a directory without one")
+    return module
+
+
+def reference_step_fn(reference, cfg: ModelConfig, batch: dict, n: int, device: torch.device):
+    """(step function, parameter count) of the original model with our config, unit scales, dropout 0.
+
+    The paper's settings (the original's experiment configs: tanh, channel LayerNorm, no residual scalar,
+    Xavier init), so the parameter counts match ours; its own multi-step forward (``return_multiple_steps``)
+    feeds our loss, so both sides do equal math.
+    """
+    scalars = dict.fromkeys(SCALE_KEYS, 1.0)
+    torch.manual_seed(0)
+    model = reference.HolsteinPARC(channels=cfg.channels, n_blocks=cfg.n_blocks, dropout_p=0.0,
+                                   kernel_size=cfg.kernel_size, use_residual_scalar=False,
+                                   act_func=torch.nn.Tanh(), init_method="xavier_uniform", use_layernorm=True,
+                                   data_scalars=scalars, simple_cnn=cfg.kind == "simple").to(device)
+    x0 = (batch["rho"][:, 0], batch["Q"][:, 0], batch["P"][:, 0])
+    parc = cfg.kind == "parc"
+
+    def step() -> None:
+        out = model(*x0, return_derivatives=parc, n_step=n, return_multiple_steps=True)
+        states = [tuple(x[:, k] for x in out[:3]) for k in range(n)]
+        derivs = [tuple(x[:, k] for x in out[3:]) for k in range(n)] if parc else None
+        loss = rollout_loss(states, derivs, batch)[0]
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def bench_reference(reference, name: str, cfg: ModelConfig, args: argparse.Namespace, batch: dict,
+                    device: torch.device, ours: dict[str, float]) -> None:
+    """Time the original model's step and print our variants' measured speed-ups over it."""
+    step, params = reference_step_fn(reference, cfg, batch, args.n_step, device)
+    ours_params = sum(p.numel() for p in build_model(cfg, dict.fromkeys(SCALE_KEYS, 1.0)).parameters())
+    seconds, fastest = step_seconds(step, args.repeats if name != "medium" else max(3, args.repeats // 3))
+    print(f"{name:7s} {'ORIGINAL (reference)':22s} {seconds * 1000:8.1f} ms/step (min {fastest * 1000:8.1f}) "
+          f"{args.batch / seconds:7.1f} windows/s  parameters {params:,} (ours {ours_params:,})", flush=True)
+    for variant, ours_s in ours.items():
+        print(f"{name:7s} {variant:22s} {seconds / ours_s:5.2f}x the original, measured in this run", flush=True)
+
+
 def bench_models(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """Print seconds per training step for every model x variant; returns windows/s consumed (eager)."""
     consumed = {}
     batch = make_batch(args.batch, args.L, args.n_step, device)
+    reference = load_reference(args.reference_src) if args.reference_src else None
     for name in args.models:
         cfg = load_config(ModelConfig, ROOT / "configs" / "model" / f"{name}.yaml")
         base_s, base_grad = None, None
+        timings: dict[str, float] = {}
         for variant in args.variants:
             try:
                 step, grad = train_step_fn(cfg, variant, batch, args.n_step, device)
@@ -119,12 +177,13 @@ def bench_models(args: argparse.Namespace, device: torch.device) -> dict[str, fl
             if base_s is None:
                 base_s, base_grad = seconds, grad
                 consumed[name] = args.batch / seconds
+            timings[variant] = seconds
             rel = abs(grad - base_grad) / abs(base_grad)
-            ref = REFERENCE_CPU_S.get(name) if device.type == "cpu" else None
-            vs_ref = f"{ref / seconds:5.2f}x vs reference {ref * 1000:.0f} ms" if ref else ""
             print(f"{name:7s} {variant:22s} {seconds * 1000:8.1f} ms/step (min {fastest * 1000:8.1f}) "
                   f"{args.batch / seconds:7.1f} windows/s "
-                  f"{base_s / seconds:5.2f}x vs {args.variants[0]:5s} grad rel.diff {rel:.1e}  {vs_ref}", flush=True)
+                  f"{base_s / seconds:5.2f}x vs {args.variants[0]:5s} grad rel.diff {rel:.1e}", flush=True)
+        if reference is not None:
+            bench_reference(reference, name, cfg, args, batch, device, timings)
     return consumed
 
 
@@ -179,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
                                                       "tiny L=32 one)")
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 2])
     parser.add_argument("--skip-loader", action="store_true")
+    parser.add_argument("--reference-src", default=None, metavar="PATH",
+                        help="checkout of the original code (github.com/apning/holstein-parc): time its model "
+                             "beside ours in this run and print the ratios")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # torch.compile's advisory warnings would drown the table
     device = torch.device(args.device)
