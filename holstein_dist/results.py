@@ -1,0 +1,164 @@
+"""Side-by-side tables of evaluation reports and training curves of runs: the numbers of a results section.
+
+    python -m holstein_dist.results table REPORT.json [REPORT.json ...] --names ours original [--steps 100 600 1200]
+    python -m holstein_dist.results curve RUN_DIR --out curve.csv
+
+``table`` prints a Markdown table with one column per report: RMSE by component at the chosen rollout
+steps, the autocorrelation errors of the charge and lattice order, divergent fraction, Wasserstein
+distances and the structure-factor peak-mode error. Reports must describe the same test set (same
+split hash), otherwise the comparison is refused. ``curve`` reads a run's TensorBoard events and writes
+the validation rollout error against optimizer step and wall-clock training time, so the cost of the
+accuracy is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hpc.files import atomic_write_text
+
+RMSE_COMPONENTS = ("rho_diag", "rho_offdiag", "Q", "P")
+ORDERS = ("charge", "lattice")
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A report.json written by ``holstein_dist.evaluate``; a missing or foreign file is a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read report {str(path)!r} ({type(exc).__name__}); pass a report.json written "
+                         "by python -m holstein_dist.evaluate") from None
+    if report.get("mode") != "model":
+        raise ValueError(f"{str(path)!r} is not a model evaluation report (mode {report.get('mode')!r}); pass one "
+                         "made with --checkpoint")
+    return report
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.2e}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}"
+
+
+def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int]) -> list[tuple[str, list[Any]]]:
+    """(label, one value per report) rows; values are floats or None."""
+    rows: list[tuple[str, list[Any]]] = []
+    for step in steps:
+        for comp in RMSE_COMPONENTS:
+            values = []
+            for report in reports:
+                series = report["rmse_by_step"][comp]
+                values.append(series[step] if step < len(series) else None)
+            rows.append((f"RMSE {comp} @ step {step}", values))
+    for order in ORDERS:
+        rows.append((f"autocorr max abs error, {order}", [r["autocorr_max_abs_error"][order] for r in reports]))
+        rows.append((f"autocorr mean abs error, {order}", [r["autocorr_mean_abs_error"][order] for r in reports]))
+    rows.append(("divergent fraction", [r["divergent_fraction"] for r in reports]))
+    for order in ORDERS:
+        rows.append((f"Wasserstein-1, {order}", [r["wasserstein"][order] for r in reports]))
+    for field in ("Q", "density"):
+        rows.append((f"S(q) peak-mode autocorr max abs error, {field}",
+                     [r.get("structure_factor", {}).get(field, {}).get("autocorr_max_abs_error") for r in reports]))
+    return rows
+
+
+def check_same_test_set(reports: Sequence[Mapping[str, Any]], names: Sequence[str]) -> None:
+    """Refuse to compare reports made on different trajectories or horizons."""
+    first = reports[0]
+    for name, report in zip(names[1:], reports[1:], strict=True):
+        for what, key in (("test set", ("data", "split_sha256")), ("rollouts", ("data", "rollouts")),
+                          ("steps", ("settings", "steps"))):
+            a, b = first[key[0]][key[1]], report[key[0]][key[1]]
+            if a != b:
+                raise ValueError(f"{name} was evaluated with other {what} ({b} vs {a} for {names[0]}); evaluate "
+                                 "every model on the same --data/--split/--rollouts/--steps")
+
+
+def markdown_table(reports: Sequence[Mapping[str, Any]], names: Sequence[str], steps: Sequence[int]) -> str:
+    """The comparison as a Markdown table (bold where a column is the best of the row, lower is better)."""
+    check_same_test_set(reports, names)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, values in comparison_rows(reports, steps):
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        best = min(finite) if len(finite) > 1 else None
+        cells = [f"**{_fmt(v)}**" if best is not None and v == best else _fmt(v) for v in values]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def training_curve(run_dir: str | Path) -> list[dict[str, float]]:
+    """Validation rollout error by step from a run's TensorBoard events, with wall time since the first event.
+
+    Wall time is read from the events (their timestamps), so it includes validation and checkpoints,
+    i.e. what a person waits for. A resumed run's gap while nothing ran is not subtracted.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = Path(run_dir)
+    events = sorted(run_dir.glob("events.out.tfevents.*"))
+    if not events:
+        raise ValueError(f"{str(run_dir)!r} has no TensorBoard events; pass a run directory written by "
+                         "python -m holstein_dist.train")
+    points: dict[int, tuple[float, float]] = {}
+    starts = []
+    for path in events:
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = acc.Tags().get("scalars", [])
+        starts += [acc.Scalars(tag)[0].wall_time for tag in tags if acc.Scalars(tag)]
+        if "val/rollout_error" in tags:
+            for ev in acc.Scalars("val/rollout_error"):
+                points[ev.step] = (ev.wall_time, ev.value)  # a resumed run's later value wins
+    # The first logged scalar is ~log_every steps after the start: a small, stated offset.
+    t0 = min(starts) if starts else 0.0
+    return [{"step": step, "minutes": (wall - t0) / 60.0, "val_rollout_error": value}
+            for step, (wall, value) in sorted(points.items())]
+
+
+def write_curve(rows: Sequence[Mapping[str, float]], out: str | Path) -> None:
+    """CSV with a header; written whole (small)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["step"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buf.getvalue(), out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m holstein_dist.results", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    table = sub.add_parser("table", help="Markdown table comparing reports made on the same test set")
+    table.add_argument("reports", nargs="+", type=Path, help="report.json files or evaluation directories")
+    table.add_argument("--names", nargs="+", help="column names (default: the report directories' names)")
+    table.add_argument("--steps", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps for RMSE rows")
+    curve = sub.add_parser("curve", help="validation error vs training step and wall time, as CSV")
+    curve.add_argument("run_dir", type=Path)
+    curve.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "table":
+            names = args.names or [p.parent.name if p.name == "report.json" else p.name for p in args.reports]
+            if len(names) != len(args.reports):
+                raise ValueError(f"--names has {len(names)} names for {len(args.reports)} reports; give one each")
+            print(markdown_table([read_report(p) for p in args.reports], names, args.steps))
+        else:
+            write_curve(training_curve(args.run_dir), args.out)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
