@@ -1,6 +1,6 @@
 """Benchmark: FFT ensemble autocorrelation vs the original per-lag loop.
 
-Paper-scale evaluation: 256 rollouts x 1000 steps, lags 0..200 (SPEC section 3). Prints the median
+Paper-scale evaluation: 256 rollouts x 1000 steps, lags 0..200 (docs/physics.md section 3). Prints the median
 of several repeats for :func:`holstein_dist.metrics.autocorrelation` (FFT) and for the naive loop
 over lags (one pooled numpy product-mean per lag, the original code's approach), their ratio, and
 the largest difference between the two results so that a fast but wrong version cannot pass.

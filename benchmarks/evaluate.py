@@ -23,7 +23,7 @@ from autocorr import median_seconds, sample_series  # sibling benchmark: same wo
 
 from holstein_dist import evaluate, physics
 from holstein_dist.config import load_config
-from holstein_dist.metrics import autocorrelation
+from holstein_dist.metrics import RMSE_COMPONENTS, autocorrelation
 from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def synthetic_share(n_traj: int, n_times: int, L: int) -> evaluate.Share:
              "energy": np.full((n_traj, n_times), -0.6), "energy_stored": np.full((n_traj, n_times), -0.6)}
     model = {"charge": sample_series(n_traj, n_times, seed=3), "lattice": sample_series(n_traj, n_times, seed=4),
              "energy": -0.6 + 1e-4 * sample_series(n_traj, n_times, seed=5)}
-    errors = {key: np.linspace(0.0, 1.0, n_times) * n_traj * L for key in evaluate.RMSE_KEYS}
+    errors = {key: np.linspace(0.0, 1.0, n_times) * n_traj * L for key in RMSE_COMPONENTS}
     return evaluate.Share(truth, model, errors, None, 1.0, {"seconds": 1.0, "trajectory_steps": 1})
 
 

@@ -1,8 +1,10 @@
-"""Typed configs: YAML file + dotted ``KEY=VALUE`` overrides -> frozen dataclass.
+"""Typed configs: YAML file + flags + dotted ``KEY=VALUE`` overrides -> frozen dataclass.
 
-Every config in the suite is a (possibly nested) dataclass. ``load_config`` reads YAML, applies
-overrides such as ``splits.train=8`` and validates every field against its type hint, so a typo or a
-wrong type fails at once with one line naming the field and the fix, never deep inside a run.
+Every config in the suite is a (possibly nested) dataclass. ``load_config`` reads YAML, applies the
+values of flags and overrides such as ``splits.train=8`` and validates every field against its type
+hint, so a typo or a wrong type fails at once with one line naming the field and the fix, never deep
+inside a run. The configs shipped with the suite (``configs/`` in the repository) are package data:
+:func:`shipped` finds them in any install (docs/architecture.md, "Configs").
 """
 
 from __future__ import annotations
@@ -11,18 +13,35 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from hpc.cli import UserError
 from hpc.files import atomic_write_text
 
 T = TypeVar("T")
 
+ConfigError = UserError
+"""The suite's one bad-input error (:class:`hpc.cli.UserError`) under the name config code has always used."""
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message says which field and how to fix it."""
+SHIPPED_KINDS = ("data", "model", "train")
+"""Sub-folders of the shipped configs: data sets, surrogate architectures, training recipes."""
+
+
+def shipped(kind: str, name: str | None = None) -> Path:
+    """The folder of shipped ``kind`` configs, or the file ``<kind>/<name>.yaml`` in it.
+
+    ``holstein_dist/configs`` is a link to the repository's top-level ``configs/`` (the one copy people
+    edit); a wheel carries the files themselves there (pyproject package-data), so the lookup is the same
+    in a checkout, an editable install and a plain ``pip install .``.
+    """
+    if kind not in SHIPPED_KINDS:
+        raise ValueError(f"unknown config kind {kind!r}; choose one of {', '.join(SHIPPED_KINDS)}")
+    folder = Path(str(resources.files("holstein_dist") / "configs" / kind))
+    return folder if name is None else folder / f"{name}.yaml"
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -30,10 +49,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not KEY=VALUE; write e.g. splits.train=8")
+            raise UserError(f"override {item!r} is not KEY=VALUE; write e.g. splits.train=8")
         key, raw = item.split("=", 1)
         if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override {item!r} has an empty key; write e.g. splits.train=8")
+            raise UserError(f"override {item!r} has an empty key; write e.g. splits.train=8")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
@@ -43,7 +62,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
+                raise UserError(f"override {item!r} conflicts with another override of {part!r}")
         node[parts[-1]] = value
     return out
 
@@ -62,35 +81,42 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass --config with a path under configs/")
+        raise UserError(f"config file {str(path)!r} does not exist; pass --config with a path under configs/")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}; fix its syntax") from None
+        raise UserError(f"config file {str(path)!r} is not valid YAML{where}; fix its syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of field: value at top level")
+        raise UserError(f"config file {str(path)!r} must hold a mapping of field: value at top level")
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build ``cls`` from a YAML file (optional) plus dotted overrides, validating every field."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                flags: Mapping[str, Any] | None = None) -> T:
+    """Build ``cls`` from a YAML file (optional), flag values (``{field: value}``) and dotted ``KEY=VALUE``
+    overrides, in that order of precedence (later wins), validating every field."""
+    return from_dict(cls, layered(path, overrides, flags))
+
+
+def layered(path: str | Path | None, overrides: Sequence[str] = (), flags: Mapping[str, Any] | None = None,
+            ) -> dict[str, Any]:
+    """The raw mapping of :func:`load_config` before validation: file, then flags, then overrides."""
     data = read_yaml(path) if path is not None else {}
-    data = merge(data, parse_overrides(overrides))
-    return from_dict(cls, data)
+    return merge(merge(data, flags or {}), parse_overrides(overrides))
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Construct dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    """Construct dataclass ``cls`` from ``data``; unknown keys and wrong types raise UserError."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
+        raise UserError(
             f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(sorted(fields))}"
         )
     hints = typing.get_type_hints(cls)
@@ -98,15 +124,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     for name, field in fields.items():
         if name not in data:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"config key '{prefix}{name}' is required; add it to the file or pass {name}=...")
+                raise UserError(f"config key '{prefix}{name}' is required; add it to the file or pass {name}=...")
             continue
         kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}")
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, UserError):
             raise
-        raise ConfigError(f"invalid config {prefix.rstrip('.') or cls.__name__}: {exc}") from None
+        raise UserError(f"invalid config {prefix.rstrip('.') or cls.__name__}: {exc}") from None
     return obj
 
 
@@ -124,39 +150,39 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
                 continue
             try:
                 return _coerce(arg, value, name)
-            except ConfigError as exc:
+            except UserError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"config key {name!r} has an invalid value {value!r}")
+        raise UserError(errors[0] if errors else f"config key {name!r} has an invalid value {value!r}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"config key {name!r} is {value!r}; choose one of {', '.join(map(repr, args))}")
+            raise UserError(f"config key {name!r} is {value!r}; choose one of {', '.join(map(repr, args))}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, prefix=f"{name}.")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {name!r} must be a list, got {value!r}")
+            raise UserError(f"config key {name!r} must be a list, got {value!r}")
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value))
         if origin is tuple and args:
             if len(args) != len(value):
-                raise ConfigError(f"config key {name!r} must have {len(args)} entries, got {len(value)}")
+                raise UserError(f"config key {name!r} must have {len(args)} entries, got {len(value)}")
             return tuple(_coerce(a, v, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         inner = args[0] if args else Any
         return [_coerce(inner, v, f"{name}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {name!r} must be a mapping, got {value!r}")
+            raise UserError(f"config key {name!r} must be a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
+        raise UserError(f"config key {name!r} must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
+            raise UserError(f"config key {name!r} must be an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, str):
@@ -166,11 +192,17 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
+            raise UserError(f"config key {name!r} must be a number, got {value!r}")
         return float(value)
+    if tp is Path:
+        if not isinstance(value, (str, Path)) or value == "":
+            raise UserError(f"config key {name!r} must be a path, got {value!r}")
+        return Path(value)
     if tp is str:
+        if isinstance(value, Path):  # a path flag given to a string field
+            return str(value)
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
+            raise UserError(f"config key {name!r} must be a string, got {value!r}")
         return str(value)
     return value
 

@@ -16,7 +16,7 @@ import math
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One curriculum stage (SPEC 5 writes them as (epochs, n_step, noise))."""
+    """One curriculum stage (docs/physics.md section 5 writes them as (epochs, n_step, noise))."""
 
     epochs: int
     """Epochs spent in this stage."""

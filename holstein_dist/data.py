@@ -35,9 +35,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from holstein_dist import physics, shards
+from holstein_dist.physics import STATE_KEYS
 
-STATE_KEYS = ("rho", "Q", "P")
-LABEL_KEYS = ("drho", "dQ", "dP")
+LABEL_KEYS = tuple(f"d{k}" for k in STATE_KEYS)
+"""Batch keys of the exact time derivatives (the PARC differentiator's labels)."""
 
 
 def open_data(directory: str | Path) -> shards.Dataset:
@@ -63,9 +64,7 @@ class RolloutWindows(Dataset):
         self.n_step = int(n_step)
         self.derivatives = derivatives
         self.g_f = float(data.g_f)
-        constants = data.manifest.get("physics") or {}
-        self.K0 = float(constants.get("K0", physics.K0_DEFAULT))
-        self.eta = float(constants.get("eta", physics.ETA_DEFAULT))
+        self.constants = data.constants
         self.starts = data.n_snapshots - self.n_step
         if self.starts < 1:
             raise ValueError(
@@ -86,10 +85,8 @@ class RolloutWindows(Dataset):
         traj, start = self.window(index)
         item = self.split.read(traj, start, start + self.n_step + 1, keys=STATE_KEYS)
         if self.derivatives:
-            mid = self.split.read(traj, start, start + self.n_step, keys=("rho_mid", "Q_mid", "P_mid"))
-            labels = physics.derivatives(
-                mid["rho_mid"], mid["Q_mid"], mid["P_mid"], g=self.g_f, K0=self.K0, eta=self.eta
-            )
+            mid = self.split.read(traj, start, start + self.n_step, keys=shards.MID_KEYS)
+            labels = physics.derivatives(*(mid[k] for k in shards.MID_KEYS), g=self.g_f, **self.constants)
             item.update(zip(LABEL_KEYS, labels))
         # Training runs in single precision whatever the storage precision.
         return {k: v.astype(np.complex64 if np.iscomplexobj(v) else np.float32, copy=False) for k, v in item.items()}

@@ -7,18 +7,19 @@ dataset, the run (checkpoints, TensorBoard) and the evaluation report landed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-# The original tiny shallow-quench model, when the reference material sits beside the project: the
+from holstein_dist.config import shipped
+from hpc.cli import ArgumentParser, UserError, report_error
+
+# The original tiny shallow-quench model, when the reference material sits beside a source checkout: the
 # demo data (shallow quench, L=16, snapshot interval 0.64) is what it was trained on.
-REFERENCE_MODEL = ROOT.parent / "shared" / "reference" / "pretrained" / "tiny-quench_0p5_0p8-L_16"
+REFERENCE_MODEL = (Path(__file__).resolve().parents[2] / "shared" / "reference" / "pretrained"
+                   / "tiny-quench_0p5_0p8-L_16")
 
 
 def _run(step: str, argv: list[str]) -> float:
@@ -26,25 +27,28 @@ def _run(step: str, argv: list[str]) -> float:
     start = time.perf_counter()
     result = subprocess.run([sys.executable, *argv], check=False)
     if result.returncode != 0:
-        raise SystemExit(f"demo: the {step} step failed (exit {result.returncode}); see its output above")
+        raise SystemExit(f"error: the demo's {step} step failed (exit {result.returncode}); see its output above")
     return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m holstein_dist.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="where everything is written")
     parser.add_argument("--workers", type=int, default=2, help="local Dask worker processes")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse(argv)
+    except UserError as exc:
+        raise SystemExit(report_error(exc)) from None
     out = args.out.resolve()
     data, run, report = out / "data", out / "run", out / "eval"
     timings = {
         "generate": _run("generate", [
-            "-m", "holstein_dist.generate", "--config", str(CONFIGS / "data" / "demo.yaml"),
+            "-m", "holstein_dist.generate", "--config", str(shipped("data", "demo")),
             "--out", str(data), "--workers", str(args.workers), "--backend", "dask",
         ]),
         "train": _run("train", [
-            "-m", "holstein_dist.train", "--config", str(CONFIGS / "train" / "demo.yaml"),
-            f"data={data}", f"run_dir={run}",
+            "-m", "holstein_dist.train", "--config", str(shipped("train", "demo")),
+            "--data", str(data), "--run-dir", str(run),
         ]),
         "evaluate": _run("evaluate", [
             "-m", "holstein_dist.evaluate", "--checkpoint", str(run), "--data", str(data),

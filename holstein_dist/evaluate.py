@@ -5,7 +5,7 @@ trajectories of one split, reads their initial snapshots and ground truth from t
 model out in batches under inference mode, and reduces each rollout to compact series: charge and
 lattice order and energy per site ``[n, T+1]``, the structure factors of Q and of the density
 ``[n, T+1, L/2+1]`` (float32), plus per-step squared-error sums for the RMSE. Rank 0
-gathers only these (never full rho trajectories), computes the SPEC section 3 metrics, and writes
+gathers only these (never full rho trajectories), computes the docs/physics.md section 3 metrics, and writes
 ``report.json`` (atomically), PNG plots and TensorBoard entries (``holstein_dist.report``).
 
 The same ranks also time the exact simulator (``physics.make_stepper``) from the same initial states,
@@ -26,16 +26,19 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from holstein_dist import physics
 from holstein_dist.checkpoints import load_model, recorded_signature, resolve
+from holstein_dist.config import from_dict, layered
 from holstein_dist.metrics import (
+    RMSE_COMPONENTS,
     autocorrelation,
     charge_order,
+    component_entries,
     divergent_mask,
     energy_drift,
     lattice_order,
@@ -48,27 +51,19 @@ from holstein_dist.metrics import (
     wavevectors,
 )
 from holstein_dist.model import Surrogate
-from holstein_dist.shards import (
-    MANIFEST,
-    Dataset,
-    Split,
-    file_sha256,
-    open_dataset,
-    write_json_atomic,
-)
+from holstein_dist.physics import HALF_FILLING, STATE_KEYS, staggered_density
+from holstein_dist.shards import MANIFEST, Dataset, Split, open_dataset
+from hpc.cli import UserError, add_field_flags, bad_input, command_parser, field_flags, flag_field, report_error
 from hpc.dist import DistEnv, gather_objects_to_main, init_distributed, shutdown
-from hpc.files import check_output_dir
+from hpc.files import check_output_dir, file_sha256, write_json_atomic
 
 REPORT_SCHEMA = "holstein-dist-eval/1"
-STATE_KEYS = ("rho", "Q", "P")
 ORDER_KEYS = ("charge", "lattice")
-RMSE_KEYS = ("rho_diag", "rho_offdiag", "Q", "P")
-DIVERGENCE_FACTOR = 1.1  # SPEC section 3
+DIVERGENCE_FACTOR = 1.1  # docs/physics.md section 3
 DEFAULT_MAX_LAG = 200  # paper: lags up to a few hundred snapshots
 TRACE_TRAJECTORIES = 3  # order-parameter traces plotted per report
 # Fields resolved by mode: S(q, t) of Q and of the density n_i - 1/2 (see mode_series).
 STRUCTURE_KEYS = ("Q", "density")
-HALF_FILLING = 0.5  # <n_i> of the half-filled ring, subtracted so that S_density(q=0) is the number error
 # The q = pi orders count as "at the noise level" when no truth trajectory spans this range. The data
 # start from noise of 1e-4; the deep quench at L=16 (finite-size trap) keeps its per-trajectory ranges at
 # ~0.5-4e-4, while the deep quench at L=32 swings over ~0.3-1.2 and the shallow quench at L=16 over
@@ -79,10 +74,6 @@ NOISE_LEVEL_RANGE = 1e-2
 _SERIES_CHUNK_ENTRIES = 1 << 22
 
 
-class EvalError(ValueError):
-    """Bad input to the evaluation; the message is one line that names the problem and the fix."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Options and plan
 # ----------------------------------------------------------------------------------------------
@@ -90,20 +81,39 @@ class EvalError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """The command line, validated where that needs no data."""
+    """The evaluation's config, validated where that needs no data. Every field is a ``KEY=VALUE`` override
+    and a key of ``--config FILE``; each also has a flag (``--max-lag 50`` = ``max_lag=50``)."""
 
-    checkpoint: Path | None
-    data: Path
-    split: str = "test"
-    rollouts: int | None = None
-    steps: int | None = None
-    max_lag: int | None = None
-    out: Path = Path("runs/eval")
-    device: str = "auto"
-    batch_size: int = 32
-    bf16: bool = False
-    truth_only: bool = False
-    baseline_steps: int | None = None
+    data: Path = flag_field("dataset directory made by holstein_dist.generate")
+    checkpoint: Path | None = flag_field("our .pt file, a training run directory, or an original-format directory "
+                                         "(model_kwargs.json + model_weights.pth)", None)
+    split: str = flag_field("split to evaluate on", "test")
+    rollouts: int | None = flag_field("evaluate the first N trajectories of the split (default: all)", None)
+    steps: int | None = flag_field("rollout length in snapshot intervals (default: all stored)", None)
+    max_lag: int | None = flag_field(f"largest autocorrelation lag (default: min({DEFAULT_MAX_LAG}, steps // 2))",
+                                     None)
+    out: Path = flag_field("report directory", Path("runs/eval"))
+    device: Literal["auto", "cpu", "cuda"] = flag_field("where the model runs", "auto")
+    batch_size: int = flag_field("rollouts per model batch on each rank", 32)
+    bf16: bool = flag_field("run the CNNs under bfloat16 autocast (meant for GPUs)", False)
+    truth_only: bool = flag_field("no model: ground-truth statistics and the exact simulator's timing only", False)
+    baseline_steps: int | None = flag_field(
+        "snapshot intervals the exact simulator is timed for from the same initial states (default: --steps, "
+        "i.e. the same rollouts; less to save time on big runs, 0 to skip)", None)
+
+    def __post_init__(self) -> None:
+        if self.truth_only and self.checkpoint is not None:
+            raise UserError("--truth-only evaluates no model; drop --checkpoint or drop --truth-only")
+        if not self.truth_only and self.checkpoint is None:
+            raise UserError("no model to evaluate; pass --checkpoint PATH (run dir, .pt file or original model "
+                            "directory) or --truth-only")
+        if self.truth_only and self.bf16:
+            raise UserError("--bf16 only affects the model; drop it with --truth-only")
+        for flag, value, least in (("--rollouts", self.rollouts, 1), ("--steps", self.steps, 1),
+                                   ("--max-lag", self.max_lag, 0), ("--batch-size", self.batch_size, 1),
+                                   ("--baseline-steps", self.baseline_steps, 0)):
+            if value is not None and value < least:
+                raise UserError(f"{flag} is {value}; pass an integer >= {least}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,79 +133,54 @@ class Plan:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m holstein_dist.evaluate",
-        description="Roll a surrogate out on a test split and compare its statistics with ground truth.",
-    )
-    p.add_argument("--checkpoint", type=Path, help="our .pt file, a training run directory, or an original-format "
-                   "directory (model_kwargs.json + model_weights.pth)")
-    p.add_argument("--data", type=Path, required=True, help="dataset directory made by holstein_dist.generate")
-    p.add_argument("--split", default="test", help="split to evaluate on (default: test)")
-    p.add_argument("--rollouts", type=int, help="evaluate the first N trajectories of the split (default: all)")
-    p.add_argument("--steps", type=int, help="rollout length in snapshot intervals (default: all stored)")
-    p.add_argument("--max-lag", type=int, help=f"largest autocorrelation lag (default: min({DEFAULT_MAX_LAG}, "
-                   "steps // 2))")
-    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="report directory (default: runs/eval)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch-size", type=int, default=32, help="rollouts per model batch on each rank")
-    p.add_argument("--bf16", action="store_true", help="run the CNNs under bfloat16 autocast (meant for GPUs)")
-    p.add_argument("--truth-only", action="store_true",
-                   help="no model: ground-truth statistics and the exact simulator's timing only")
-    p.add_argument("--baseline-steps", type=int,
-                   help="snapshot intervals the exact simulator is timed for from the same initial states "
-                   "(default: --steps, i.e. the same rollouts; less to save time on big runs, 0 to skip)")
+    """``--config FILE`` (optional), one flag per :class:`Options` field, ``KEY=VALUE`` overrides."""
+    p = command_parser("python -m holstein_dist.evaluate",
+                       "Roll a surrogate out on a test split and compare its statistics with ground truth.",
+                       config_help="optional YAML holding Options fields (checkpoint, data, rollouts, ...)",
+                       config_required=False, override_example="max_lag=100 batch_size=16")
+    add_field_flags(p, Options)
     return p
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
-    """Parse and check the flags that need no data; EvalError names the fix."""
-    args = build_parser().parse_args(argv)
-    opts = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
-    if opts.truth_only and opts.checkpoint is not None:
-        raise EvalError("--truth-only evaluates no model; drop --checkpoint or drop --truth-only")
-    if not opts.truth_only and opts.checkpoint is None:
-        raise EvalError("no model to evaluate; pass --checkpoint PATH (run dir, .pt file or original model "
-                        "directory) or --truth-only")
-    if opts.truth_only and opts.bf16:
-        raise EvalError("--bf16 only affects the model; drop it with --truth-only")
-    for flag, value, least in (("--rollouts", opts.rollouts, 1), ("--steps", opts.steps, 1),
-                               ("--max-lag", opts.max_lag, 0), ("--batch-size", opts.batch_size, 1),
-                               ("--baseline-steps", opts.baseline_steps, 0)):
-        if value is not None and value < least:
-            raise EvalError(f"{flag} is {value}; pass an integer >= {least}")
-    try:
+    """Parse and check what needs no data (config file, then flags, then KEY=VALUE); UserError names the fix."""
+    args = build_parser().parse(argv)
+    flags = field_flags(args, (f.name for f in dataclasses.fields(Options)))
+    with bad_input():
+        raw = layered(args.config, args.overrides, flags)
+        if "data" not in raw:  # the one required field: say it the way people pass it
+            raise UserError("no dataset; pass --data DIR (a directory made by holstein_dist.generate)")
+        opts = from_dict(Options, raw)
         check_output_dir(opts.out, "--out")  # now, not after every rollout has been computed
-    except ValueError as exc:
-        raise EvalError(str(exc)) from None
     return opts
 
 
 def make_plan(opts: Options, ds: Dataset, split: Split) -> Plan:
-    """Resolve rollouts, steps and lags against the data; every mismatch is an EvalError with the fix."""
+    """Resolve rollouts, steps and lags against the data; every mismatch is an UserError with the fix."""
     stored = ds.n_snapshots - 1
     steps = stored if opts.steps is None else opts.steps
     if steps > stored:
-        raise EvalError(f"--steps {steps} exceeds the {stored} snapshot intervals stored per trajectory in "
+        raise UserError(f"--steps {steps} exceeds the {stored} snapshot intervals stored per trajectory in "
                         f"{ds.root}; pass --steps {stored} or less")
     max_lag = min(DEFAULT_MAX_LAG, steps // 2) if opts.max_lag is None else opts.max_lag
     if max_lag >= steps:
-        raise EvalError(f"--max-lag {max_lag} must be smaller than --steps {steps}; pass --max-lag {steps - 1} "
+        raise UserError(f"--max-lag {max_lag} must be smaller than --steps {steps}; pass --max-lag {steps - 1} "
                         "or less (a few hundred snapshots at most is the paper's choice)")
     available = split.n_trajectories
     n = available if opts.rollouts is None else opts.rollouts
     if n > available:
-        raise EvalError(f"--rollouts {n} exceeds the {available} trajectories in split {opts.split!r} of "
+        raise UserError(f"--rollouts {n} exceeds the {available} trajectories in split {opts.split!r} of "
                         f"{ds.root}; pass --rollouts {available} or less (or omit it to use all)")
     cfg = ds.config
-    physics_consts = ds.manifest.get("physics", {})
+    constants = ds.constants
     return Plan(
         indices=tuple(range(n)),
         steps=steps,
         max_lag=max_lag,
         L=ds.L,
         g_f=float(ds.g_f),
-        K0=float(physics_consts.get("K0", physics.K0_DEFAULT)),
-        eta=float(physics_consts.get("eta", physics.ETA_DEFAULT)),
+        K0=constants["K0"],
+        eta=constants["eta"],
         snapshot_dt=float(ds.snapshot_dt),
         rk4_per_snapshot=int(cfg.save_interval),
         baseline_steps=steps if opts.baseline_steps is None else min(opts.baseline_steps, steps),
@@ -235,16 +220,16 @@ def check_model_fits_data(identity: Mapping[str, Any], plan: Plan, data_root: Pa
     """
     trained = identity["trained_on"]
     if "L" in trained and trained["L"] != plan.L:
-        raise EvalError(f"checkpoint {identity['path']} was trained on L={trained['L']} but {data_root} has "
+        raise UserError(f"checkpoint {identity['path']} was trained on L={trained['L']} but {data_root} has "
                         f"L={plan.L}; evaluate on L={trained['L']} data or pass a model trained at L={plan.L}")
     if "snapshot_dt" in trained and not np.isclose(trained["snapshot_dt"], plan.snapshot_dt):
-        raise EvalError(f"checkpoint {identity['path']} was trained on snapshot interval {trained['snapshot_dt']} "
+        raise UserError(f"checkpoint {identity['path']} was trained on snapshot interval {trained['snapshot_dt']} "
                         f"but {data_root} saves every {plan.snapshot_dt}; use data with the model's interval")
 
 
 def data_identity(ds: Dataset, split_name: str, plan: Plan) -> dict[str, Any]:
     """Dataset path, manifest sha256, split, counts and the physics that the metrics depend on."""
-    shard_hashes = [e["sha256"] for e in ds.manifest["shards"] if e["split"] == split_name]
+    shard_hashes = [e.sha256 for e in ds.manifest.entries(split_name)]
     return {
         "path": str(Path(ds.root).resolve()),
         "manifest_sha256": file_sha256(Path(ds.root) / MANIFEST),
@@ -274,7 +259,7 @@ class Share:
 
     truth: dict[str, np.ndarray]  # charge, lattice, energy, energy_stored: [n, T+1]
     model: dict[str, np.ndarray] | None  # charge, lattice, energy: [n, T+1]
-    squared_errors: dict[str, np.ndarray] | None  # RMSE_KEYS -> sum of squared errors per step, [T+1]
+    squared_errors: dict[str, np.ndarray] | None  # RMSE_COMPONENTS -> sum of squared errors per step, [T+1]
     pattern: dict[str, np.ndarray] | None  # staggered density [T+1, L] of the first selected trajectory
     rollout_seconds: float
     baseline: dict[str, Any]
@@ -308,22 +293,12 @@ def squared_error_sums(pred: Sequence[np.ndarray], truth: Sequence[np.ndarray]) 
     """Per-step sums of squared errors per RMSE component, so that ranks can add them up.
 
     ``metrics.rmse_by_step`` pools the mean over trajectories and entries; multiplying back by the
-    entry count gives the sum (rho_diag and Q, P have L entries per trajectory, rho_offdiag L(L-1)).
+    entry count (``metrics.component_entries``) gives the sum.
     """
     n, _, L = truth[1].shape
-    counts = {"rho_diag": n * L, "rho_offdiag": n * L * (L - 1), "Q": n * L, "P": n * L}
+    entries = component_entries(n, L)
     rmse = rmse_by_step(tuple(pred), tuple(truth))
-    return {key: rmse[key] ** 2 * counts[key] for key in RMSE_KEYS}
-
-
-def staggered_density(rho: np.ndarray) -> np.ndarray:
-    """``(-1)^i (n_i - 1/2)`` of one trajectory ``rho [T+1, L, L]`` -> ``[T+1, L]``: the CDW in space-time.
-
-    The 1/2 of half filling is subtracted first: ``(-1)^i n_i`` alone is dominated by trivial +-1/2
-    stripes, which would set the colour scale and hide the CDW amplitude.
-    """
-    n = np.diagonal(rho, axis1=-2, axis2=-1).real.astype(np.float64) - HALF_FILLING
-    return n * np.where(np.arange(n.shape[-1]) % 2 == 0, 1.0, -1.0)
+    return {key: rmse[key] ** 2 * entries[key] for key in RMSE_COMPONENTS}
 
 
 def mode_series(rho: np.ndarray, Q: np.ndarray) -> dict[str, np.ndarray]:
@@ -373,7 +348,7 @@ def _empty_share(plan: Plan, with_model: bool) -> Share:
     return Share(
         truth={key: empty for key in (*ORDER_KEYS, "energy", "energy_stored")},
         model={key: empty for key in (*ORDER_KEYS, "energy")} if with_model else None,
-        squared_errors={key: np.zeros(plan.steps + 1) for key in RMSE_KEYS} if with_model else None,
+        squared_errors={key: np.zeros(plan.steps + 1) for key in RMSE_COMPONENTS} if with_model else None,
         pattern=None,
         modes={"truth": empty_modes, **({"model": empty_modes} if with_model else {})},
         rollout_seconds=0.0,
@@ -414,7 +389,8 @@ def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate 
     return Share(
         truth=_concat(truth_parts),
         model=_concat(model_parts) if model is not None else None,
-        squared_errors={k: np.sum([e[k] for e in error_parts], axis=0) for k in RMSE_KEYS} if error_parts else None,
+        squared_errors={k: np.sum([e[k] for e in error_parts], axis=0) for k in RMSE_COMPONENTS}
+        if error_parts else None,
         pattern=pattern,
         modes={kind: _concat(parts) for kind, parts in mode_parts.items() if parts},
         rollout_seconds=rollout_seconds,
@@ -471,7 +447,7 @@ def merge_shares(shares: Sequence[Share]) -> Share:
     return Share(
         truth=_concat([s.truth for s in shares]),
         model=_concat([s.model for s in shares]) if with_model else None,
-        squared_errors={k: np.sum([s.squared_errors[k] for s in shares], axis=0) for k in RMSE_KEYS}
+        squared_errors={k: np.sum([s.squared_errors[k] for s in shares], axis=0) for k in RMSE_COMPONENTS}
         if with_model else None,
         pattern=next((s.pattern for s in shares if s.pattern is not None), None),
         modes=None if shares[0].modes is None
@@ -514,42 +490,49 @@ def _try(metric: str, notes: list[str], fn: Any, *args: Any) -> Any:
 
 
 def climate_mask(merged: Share) -> np.ndarray:
-    """``[n]`` bool: the model rollouts that pass the SPEC range test, which the climate statistics use."""
+    """``[n]`` bool: the model rollouts that pass the range test (docs/physics.md section 3), which the climate
+    statistics use."""
     truth, model = merged.truth, merged.model
     return ~divergent_mask({k: model[k] for k in ORDER_KEYS}, {k: truth[k] for k in ORDER_KEYS},
                            DIVERGENCE_FACTOR)
 
 
-def model_metrics(merged: Share, plan: Plan, report: dict[str, Any]) -> None:
-    """Add the model-vs-truth metrics to ``report`` (which already holds the truth metrics)."""
-    truth, model, notes = merged.truth, merged.model, report["notes"]
+def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The model-vs-truth part of the report, shaped like it: ``build_report`` merges its ``autocorr``,
+    ``ranges`` and ``energy_drift`` entries into the truth's sections and its ``notes`` into the notes."""
+    truth, model, notes = merged.truth, merged.model, []
     kept = climate_mask(merged)  # climate statistics use the rollouts that stayed in the physical range
     diverged = ~kept
-    report.update(divergent_fraction=float(np.mean(diverged)), divergent_rollouts=int(np.sum(diverged)),
-                  climate_rollouts=int(np.sum(kept)))
-    n, L = len(plan.indices), plan.L
-    counts = {"rho_diag": n * L, "rho_offdiag": n * L * (L - 1), "Q": n * L, "P": n * L}
-    report["rmse_by_step"] = {k: np.sqrt(merged.squared_errors[k] / counts[k]) for k in RMSE_KEYS}
-    for name in ("autocorr_max_abs_error", "autocorr_mean_abs_error", "wasserstein", "power_spectrum_distance"):
-        report[name] = {}
+    entries = component_entries(len(plan.indices), plan.L)
+    autocorr, max_error, mean_error, wasserstein, spectrum = {}, {}, {}, {}, {}
     for key in ORDER_KEYS:
         kept_series = model[key][kept]
-        c_truth = report["autocorr"][key]["truth"]
         c_model = _try(f"autocorr.{key}.model", notes, autocorrelation, kept_series, plan.max_lag) \
             if kept.any() else None
-        report["autocorr"][key]["model"] = c_model
-        gap = None if c_model is None else np.abs(c_model - c_truth)[1:]  # lag 0 is 1 on both sides
-        report["autocorr_max_abs_error"][key] = None if gap is None else float(np.max(gap, initial=0.0))
-        report["autocorr_mean_abs_error"][key] = None if gap is None or gap.size == 0 else float(np.mean(gap))
-        report["wasserstein"][key] = _try(f"wasserstein.{key}", notes, wasserstein1, kept_series, truth[key]) \
+        autocorr[key] = {"model": c_model}
+        gap = None if c_model is None else np.abs(c_model - truth_autocorr[key])[1:]  # lag 0 is 1 on both sides
+        max_error[key] = None if gap is None else float(np.max(gap, initial=0.0))
+        mean_error[key] = None if gap is None or gap.size == 0 else float(np.mean(gap))
+        wasserstein[key] = _try(f"wasserstein.{key}", notes, wasserstein1, kept_series, truth[key]) \
             if kept.any() else None
-        report["power_spectrum_distance"][key] = _try(f"power_spectrum_distance.{key}", notes,
-                                                      power_spectrum_distance, kept_series, truth[key]) \
-            if kept.any() else None
-    report["energy_drift"]["model"] = energy_drift(model["energy"][kept]) if kept.any() else None
-    report["ranges"]["model"] = _ranges({k: v[kept] for k, v in model.items()}) if kept.any() else None
+        spectrum[key] = _try(f"power_spectrum_distance.{key}", notes, power_spectrum_distance, kept_series,
+                             truth[key]) if kept.any() else None
     if not kept.any():
         notes.append("every rollout diverged: climate metrics (autocorr, wasserstein, spectra, energy) are null")
+    return {
+        "notes": notes,
+        "autocorr": autocorr,
+        "ranges": {"model": _ranges({k: v[kept] for k, v in model.items()}) if kept.any() else None},
+        "energy_drift": {"model": energy_drift(model["energy"][kept]) if kept.any() else None},
+        "divergent_fraction": float(np.mean(diverged)),
+        "divergent_rollouts": int(np.sum(diverged)),
+        "climate_rollouts": int(np.sum(kept)),
+        "rmse_by_step": {k: np.sqrt(merged.squared_errors[k] / entries[k]) for k in RMSE_COMPONENTS},
+        "autocorr_max_abs_error": max_error,
+        "autocorr_mean_abs_error": mean_error,
+        "wasserstein": wasserstein,
+        "power_spectrum_distance": spectrum,
+    }
 
 
 def _spectrum_summary(series: np.ndarray, q: np.ndarray) -> dict[str, Any]:
@@ -587,19 +570,20 @@ def _mode_metrics(key: str, truth: np.ndarray, model: np.ndarray | None, q: np.n
     return entry
 
 
-def structure_factor_metrics(merged: Share, plan: Plan, kept: np.ndarray | None,
-                             notes: list[str]) -> dict[str, Any]:
-    """The mode-resolved section: ``S(q)`` of Q and of the density for truth and (kept) model rollouts.
+def structure_factor_metrics(merged: Share, plan: Plan, kept: np.ndarray | None) -> dict[str, Any]:
+    """The mode-resolved part of the report: ``S(q)`` of Q and of the density for truth and (kept) model
+    rollouts under ``structure_factor``, plus its ``notes``.
 
     ``kept`` selects the model rollouts that passed the range test (None: no model), as for the
     other climate statistics.
     """
     q = wavevectors(plan.L)
-    out: dict[str, Any] = {"m": np.arange(q.size), "q": q, "density_offset": HALF_FILLING}
+    notes: list[str] = []
+    section: dict[str, Any] = {"m": np.arange(q.size), "q": q, "density_offset": HALF_FILLING}
     for key in STRUCTURE_KEYS:
         model = None if kept is None else merged.modes["model"][key][kept]
-        out[key] = _mode_metrics(key, merged.modes["truth"][key], model, q, plan.max_lag, notes)
-    return out
+        section[key] = _mode_metrics(key, merged.modes["truth"][key], model, q, plan.max_lag, notes)
+    return {"structure_factor": section, "notes": notes}
 
 
 def noise_level_warnings(truth_ranges: Mapping[str, Mapping[str, float]],
@@ -618,7 +602,8 @@ def noise_level_warnings(truth_ranges: Mapping[str, Mapping[str, float]],
                 f"{NOISE_LEVEL_RANGE:g}): its autocorrelation (climate) test and the range-based divergence test "
                 f"measure noise, not dynamics; judge the model by the structure factor section (structure_factor, "
                 f"structure_factor.png; the truth's S_Q peaks at {where}) and use L=32 data "
-                "for the paper's climate test (the deep quench at L=16 is the finite-size trap of SPEC section 3)")
+                "for the paper's climate test (the deep quench at L=16 is the finite-size trap of docs/physics.md "
+                "section 3)")
     return warnings
 
 
@@ -645,26 +630,50 @@ def timing_report(merged: Share, plan: Plan, world_size: int, wall_seconds: floa
 
 def build_report(merged: Share, plan: Plan, identities: Mapping[str, Any], timing: Mapping[str, Any],
                  baseline: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The report dict (numpy arrays still inside; ``jsonable`` converts)."""
+    """The report dict (numpy arrays still inside; ``jsonable`` converts), the one place it is assembled.
+
+    Each metric function returns its part shaped like the report; the parts are merged in this order,
+    which is the order of the sections in report.json.
+    """
     with_model = merged.model is not None
-    report: dict[str, Any] = {
-        "schema": REPORT_SCHEMA,
-        "mode": "model" if with_model else "truth-only",
-        **identities,
-        "settings": dict(settings),
-        "notes": [],
-    }
-    report.update(truth_metrics(merged, plan))
+    truth = truth_metrics(merged, plan)
+    parts: list[Mapping[str, Any]] = [
+        {"schema": REPORT_SCHEMA, "mode": "model" if with_model else "truth-only", **identities,
+         "settings": dict(settings), "notes": []},
+        truth,
+    ]
     if with_model:
-        model_metrics(merged, plan, report)
+        parts.append(model_metrics(merged, plan, {key: c["truth"] for key, c in truth["autocorr"].items()}))
+    structure = None
     if merged.modes is not None:
-        kept = climate_mask(merged) if with_model else None
-        report["structure_factor"] = structure_factor_metrics(merged, plan, kept, report["notes"])
-    report["warnings"] = noise_level_warnings(report["ranges"]["truth"], report.get("structure_factor"))
-    report["notes"].extend(report["warnings"])
-    report["timing"] = dict(timing)
-    report["physics_baseline"] = dict(baseline)
-    return report
+        structure = structure_factor_metrics(merged, plan, climate_mask(merged) if with_model else None)
+        parts.append(structure)
+    warnings = noise_level_warnings(truth["ranges"]["truth"], structure and structure["structure_factor"])
+    parts += [{"warnings": warnings, "notes": warnings},
+              {"timing": dict(timing), "physics_baseline": dict(baseline)}]
+    return merge_parts(parts)
+
+
+def merge_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Deep merge of report parts into a new dict: sections merge key by key, lists (notes) concatenate.
+
+    Keys keep the order of their first appearance. Two parts setting the same value is a bug, not a
+    choice to make silently, so it raises.
+    """
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, Mapping):
+                if not isinstance(out.get(key, {}), dict):
+                    raise ValueError(f"report parts disagree on the type of {key!r}")
+                out[key] = merge_parts([out.get(key, {}), value])
+            elif isinstance(value, list) and isinstance(out.get(key, []), list):
+                out[key] = [*out.get(key, []), *value]
+            elif key in out:
+                raise ValueError(f"two report parts set {key!r}")
+            else:
+                out[key] = value
+    return out
 
 
 def jsonable(obj: Any) -> Any:
@@ -729,7 +738,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         rmse = report["rmse_by_step"]
         lines.append(f"  divergent fraction {report['divergent_fraction']:.3f}   RMSE at step 1 / "
                      f"{report['settings']['steps']}: " + ", ".join(
-                         f"{k} {_fmt(rmse[k][1])}/{_fmt(rmse[k][-1])}" for k in RMSE_KEYS))
+                         f"{k} {_fmt(rmse[k][1])}/{_fmt(rmse[k][-1])}" for k in RMSE_COMPONENTS))
         drift = report["energy_drift"]["model"]
         lines.append(f"  energy drift max |E-E0|/L: model {_fmt(drift and drift['max_abs'])}, truth "
                      f"{_fmt(report['energy_drift']['truth']['max_abs'])}")
@@ -749,7 +758,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
 
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise EvalError("--device cuda but no CUDA device is visible; pass --device cpu (or auto)")
+        raise UserError("--device cuda but no CUDA device is visible; pass --device cpu (or auto)")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
@@ -758,7 +767,7 @@ def resolve_device(requested: str) -> torch.device:
 def open_inputs(opts: Options) -> tuple[Dataset, Split, Plan]:
     ds = open_dataset(opts.data)
     if opts.split not in ds.splits:
-        raise EvalError(f"--split {opts.split!r} is not in {ds.root} (it has {', '.join(ds.splits)}); pass --split "
+        raise UserError(f"--split {opts.split!r} is not in {ds.root} (it has {', '.join(ds.splits)}); pass --split "
                         "with one of those")
     split = ds.split(opts.split)
     return ds, split, make_plan(opts, ds, split)
@@ -789,13 +798,12 @@ def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any
                 "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
     timing, baseline = timing_report(merged, plan, env.world_size, time.perf_counter() - wall_start, device,
                                      model is not None)
-    report = build_report(merged, plan, identities, timing, baseline, settings)
-    write_outputs(report, merged, plan, opts.out)
-    return report
+    return write_outputs(build_report(merged, plan, identities, timing, baseline, settings), merged, plan, opts.out)
 
 
-def write_outputs(report: dict[str, Any], merged: Share, plan: Plan, out: Path) -> None:
-    """Plots and TensorBoard first (their paths go into the report), then report.json atomically."""
+def write_outputs(report: Mapping[str, Any], merged: Share, plan: Plan, out: Path) -> dict[str, Any]:
+    """Plots and TensorBoard first, then report.json atomically; returns the report as written (with the
+    names of its plots)."""
     from holstein_dist.report import PlotData, write_plots, write_tensorboard
 
     out.mkdir(parents=True, exist_ok=True)
@@ -803,13 +811,14 @@ def write_outputs(report: dict[str, Any], merged: Share, plan: Plan, out: Path) 
               for kind, series in (("truth", merged.truth), ("model", merged.model)) if series is not None}
     plot_data = PlotData(report=report, traces=traces, pattern=merged.pattern, snapshot_dt=plan.snapshot_dt)
     pngs = write_plots(plot_data, out)
-    report["plots"] = {name: path.name for name, path in pngs.items()}
     write_tensorboard(plot_data, pngs, out / "tb")
-    write_json_atomic(out / "report.json", jsonable(report))
+    written = {**report, "plots": {name: path.name for name, path in pngs.items()}}
+    write_json_atomic(out / "report.json", jsonable(written))
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: one-line errors on stderr with exit status 2."""
+    """CLI: 0 with the report written, 2 with one ``error:`` line for bad input."""
     try:
         opts = parse_options(argv)
         device = resolve_device(opts.device)
@@ -817,12 +826,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if device.type == "cuda":
             device = env.device  # this rank's GPU
         try:
-            report = evaluate(opts, env, device)
+            # The data set and the checkpoint are opened and checked inside: the one-line ValueErrors of
+            # open_dataset and load_model are bad input too.
+            with bad_input():
+                report = evaluate(opts, env, device)
         finally:
             shutdown()
-    except ValueError as exc:  # EvalError and the one-line ValueErrors of load_model / open_dataset
-        print(f"evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:
+        return report_error(exc)
     if report is not None:
         print("\n".join(summary_lines(report)))
         print(f"report: {opts.out / 'report.json'}")

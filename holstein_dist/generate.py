@@ -1,6 +1,6 @@
 """``python -m holstein_dist.generate``: integrate quench trajectories into a sharded HDF5 dataset.
 
-    python -m holstein_dist.generate --config configs/data/deep_L32.yaml --workers 64 [KEY=VALUE ...]
+    python -m holstein_dist.generate --config configs/data/deep_L32.yaml --out DIR --workers 64 [KEY=VALUE ...]
     mpirun -n 64 python -m holstein_dist.generate --config ... --backend mpi
     python -m holstein_dist.generate --config ... --dask-scheduler-file sched.json   # existing cluster
 
@@ -27,35 +27,26 @@ import numpy as np
 
 import holstein_dist
 from holstein_dist import physics
-from holstein_dist.config import ConfigError, load_config, save_resolved, to_dict
+from holstein_dist.config import load_config, save_resolved, to_dict
 from holstein_dist.shards import (
     MANIFEST,
     SHARD_DIR,
     SPLIT_NAMES,
     DataConfig,
+    Manifest,
+    ShardEntry,
     ShardSpec,
     ShardWriter,
     config_differences,
-    file_sha256,
-    mark_complete,
-    mark_pending,
-    new_manifest,
     plan_shards,
-    read_manifest,
-    refresh_summary,
-    utc_now,
-    write_manifest,
     write_virtual_split,
 )
+from hpc.cli import UserError, bad_input, command_parser, report_error
 from hpc.fanout import BACKENDS, Fanout, is_coordinator_process, open_fanout
-from hpc.files import LOCK_NAME, DirectoryLock, LockHeld, check_output_dir, is_temp_name, publish
+from hpc.files import LOCK_NAME, DirectoryLock, LockHeld, check_output_dir, file_sha256, is_temp_name, publish
 
 RESOLVED_CONFIG = "config.yaml"
 LOG_EVERY_S = 10.0
-
-
-class UsageError(ValueError):
-    """The output directory cannot be used as asked; the message says why and what to do."""
 
 
 def log(message: str) -> None:
@@ -157,7 +148,7 @@ def exclusive(root: Path) -> Iterator[None]:
         with DirectoryLock(root):
             yield
     except LockHeld:
-        raise UsageError(f"another generate run is writing to {root}; wait for it or use a new --out") from None
+        raise UserError(f"another generate run is writing to {root}; wait for it or use a new --out") from None
 
 
 def remove_temporaries(root: Path) -> int:
@@ -176,54 +167,56 @@ def check_fresh_directory(root: Path) -> None:
     if shard_dir.is_dir():
         foreign += [f"{SHARD_DIR}/{p.name}" for p in shard_dir.iterdir() if not is_temp_name(p)]
     if foreign:
-        raise UsageError(f"{root} is not empty ({foreign[0]}) and has no {MANIFEST}; use a new --out or an "
-                         "empty directory")
+        raise UserError(f"{root} is not empty ({foreign[0]}) and has no {MANIFEST}; use a new --out or an "
+                        "empty directory")
 
 
-def shard_intact(root: Path, entry: dict) -> bool:
-    path = root / entry["file"]
-    return path.is_file() and path.stat().st_size == entry["bytes"] and file_sha256(path) == entry["sha256"]
+def shard_intact(root: Path, entry: ShardEntry) -> bool:
+    path = root / entry.file
+    return path.is_file() and path.stat().st_size == entry.bytes and file_sha256(path) == entry.sha256
 
 
 @dataclass
-class Plan:
-    manifest: dict
+class PendingWork:
+    """An output directory made ready to (re)start: its manifest and the shards still to compute."""
+
+    manifest: Manifest
     todo: list[ShardSpec]
 
 
-def prepare_output(root: Path, cfg: DataConfig) -> Plan:
+def prepare_output(root: Path, cfg: DataConfig) -> PendingWork:
     """Create or resume ``root``: refuse other parameters, verify finished shards, list what is left."""
     if (root / MANIFEST).exists():
         try:
-            manifest = read_manifest(root)
+            manifest = Manifest.load(root)
         except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        diffs = config_differences(manifest["config"], to_dict(cfg))
+            raise UserError(str(exc)) from None
+        diffs = config_differences(manifest.config_data, to_dict(cfg))
         if diffs:
-            raise UsageError(f"{root} holds a dataset made with different parameters ({'; '.join(diffs[:3])}); "
-                             "use a new --out or delete it")
-        if manifest["software_version"] != holstein_dist.__version__:
-            log(f"note: {root} was started by version {manifest['software_version']}, this is "
+            raise UserError(f"{root} holds a dataset made with different parameters ({'; '.join(diffs[:3])}); "
+                            "use a new --out or delete it")
+        if manifest.software_version != holstein_dist.__version__:
+            log(f"note: {root} was started by version {manifest.software_version}, this is "
                 f"{holstein_dist.__version__}")
     else:
         check_fresh_directory(root)
-        manifest = new_manifest(cfg)
+        manifest = Manifest.new(cfg)
     (root / SHARD_DIR).mkdir(exist_ok=True)
     removed = remove_temporaries(root)
     if removed:
         log(f"removed {removed} stale temporary file(s) left by an interrupted run")
     specs = plan_shards(cfg)
     todo = []
-    for entry, spec in zip(manifest["shards"], specs, strict=True):
-        if entry["status"] == "complete" and not shard_intact(root, entry):
-            log(f"{entry['file']} is missing or corrupt (size/sha256 differ from the manifest); regenerating it")
-            mark_pending(entry)
-        if entry["status"] != "complete":
+    for entry, spec in zip(manifest.shards, specs, strict=True):
+        if entry.complete and not shard_intact(root, entry):
+            log(f"{entry.file} is missing or corrupt (size/sha256 differ from the manifest); regenerating it")
+            manifest.mark_pending(entry.file)
+        if not entry.complete:
             todo.append(spec)
-    refresh_summary(manifest)
-    write_manifest(root, manifest)
+    manifest.refresh()
+    manifest.save(root)
     save_resolved(cfg, root / RESOLVED_CONFIG)
-    return Plan(manifest, todo)
+    return PendingWork(manifest, todo)
 
 
 # ----------------------------------------------------------------------------- progress and summary
@@ -322,7 +315,7 @@ def run(cfg: DataConfig, root: Path, fanout: Fanout, *, task: Callable[[ShardTas
     root.mkdir(parents=True, exist_ok=True)
     with exclusive(root):
         plan = prepare_output(root, cfg)
-        summary = RunSummary(root, 1, shards_skipped=len(plan.manifest["shards"]) - len(plan.todo))
+        summary = RunSummary(root, 1, shards_skipped=len(plan.manifest.shards) - len(plan.todo))
         if plan.todo:
             interactive = sys.stderr.isatty() if interactive is None else interactive
             execute(plan, root, cfg, fanout, task, summary, interactive)
@@ -331,16 +324,14 @@ def run(cfg: DataConfig, root: Path, fanout: Fanout, *, task: Callable[[ShardTas
                 if cfg.splits.count(split) and (plan.todo or not (root / f"{split}.h5").exists()):
                     write_virtual_split(root, plan.manifest, split)
         summary.wall_s = time.perf_counter() - start
-        summary.dataset_bytes = sum(e.get("bytes", 0) for e in plan.manifest["shards"])
+        summary.dataset_bytes = plan.manifest.total_bytes
         if plan.todo:
-            plan.manifest["runs"][-1].update(finished=utc_now(), shards=summary.shards_done,
-                                             wall_s=round(summary.wall_s, 3),
-                                             traj_steps_per_s=round(summary.traj_steps_per_s))
-            write_manifest(root, plan.manifest)
+            plan.manifest.finish_run(summary.shards_done, summary.wall_s, summary.traj_steps_per_s)
+            plan.manifest.save(root)
     return summary
 
 
-def execute(plan: Plan, root: Path, cfg: DataConfig, fanout: Fanout, task: Callable[[ShardTask], ShardResult],
+def execute(plan: PendingWork, root: Path, cfg: DataConfig, fanout: Fanout, task: Callable[[ShardTask], ShardResult],
             summary: RunSummary, interactive: bool) -> None:
     """Fan the pending shards out; publish and record each one the moment it comes back."""
     manifest = plan.manifest
@@ -350,18 +341,17 @@ def execute(plan: Plan, root: Path, cfg: DataConfig, fanout: Fanout, task: Calla
     log(f"running on {fanout.describe()}")
     if fanout.dashboard_link:
         log(f"Dask dashboard: {fanout.dashboard_link}")
-    manifest["runs"].append({"started": utc_now(), "backend": fanout.name, "workers": summary.workers,
-                             "host": socket.gethostname(), "software_version": holstein_dist.__version__})
-    write_manifest(root, manifest)
+    manifest.start_run(fanout.name, summary.workers, socket.gethostname())
+    manifest.save(root)
     tasks = [ShardTask(str(root), cfg, spec) for spec in plan.todo]
     progress = Progress(sum(s.n for s in plan.todo), interactive)
     try:
         for _, result in fanout.map_unordered(task, tasks):
             shard = root / result.file
             publish(shard.with_name(result.tmp), shard)
-            mark_complete(manifest, result.file, sha256=result.sha256, size=result.bytes, scales=result.scales,
-                          worker=result.worker)
-            write_manifest(root, manifest)  # progress survives any interruption from here on
+            manifest.mark_complete(result.file, sha256=result.sha256, size=result.bytes, scales=result.scales,
+                                   worker=result.worker)
+            manifest.save(root)  # progress survives any interruption from here on
             summary.add(result)
             progress.update(result.n)
     finally:
@@ -373,8 +363,10 @@ def execute(plan: Plan, root: Path, cfg: DataConfig, fanout: Fanout, task: Calla
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m holstein_dist.generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="data config YAML (configs/data/*.yaml)")
+    """``--config``, the run's flags (where, how many workers, which backend) and DataConfig ``KEY=VALUE``."""
+    p = command_parser("python -m holstein_dist.generate", __doc__.split("\n\n")[0],
+                       config_help="data config YAML (configs/data/*.yaml)",
+                       override_example="splits.train=8 L=16")
     p.add_argument("--out", help="dataset directory (default: data/<config name>)")
     p.add_argument("--workers", type=int, help="worker processes (default: usable cores; mpi: the world size)")
     p.add_argument("--backend", choices=BACKENDS, default="dask", help="dask (default), mpi (under mpirun/srun), "
@@ -387,7 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-partition", help="--dask-slurm: partition")
     p.add_argument("--slurm-account", help="--dask-slurm: account")
     p.add_argument("--no-virtual", action="store_true", help="skip the <out>/<split>.h5 virtual-dataset files")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. splits.train=8 L=16")
     return p
 
 
@@ -400,27 +391,23 @@ def make_fanout(args: argparse.Namespace) -> Fanout:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """CLI: 0 when the dataset is complete, 2 with one ``error:`` line for bad input, 130 on Ctrl-C."""
+    args = None
     try:
-        cfg = load_config(DataConfig, args.config, args.overrides)
-        fanout = make_fanout(args)
-    except ValueError as exc:  # ConfigError included: bad file, key, type or value; bad flag combination
-        if is_coordinator_process(args.backend):  # under mpirun every rank fails alike; one says so
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    root = Path(args.out) if args.out else Path("data") / Path(args.config).stem
-    try:
-        check_output_dir(root, "--out")
-    except ValueError as exc:
-        if is_coordinator_process(args.backend):
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
+        args = build_parser().parse(argv)
+        with bad_input():  # bad file, key, type or value; bad flag combination; unusable --out
+            cfg = load_config(DataConfig, args.config, args.overrides)
+            root = Path(args.out) if args.out else Path("data") / Path(args.config).stem
+            check_output_dir(root, "--out")
+            fanout = make_fanout(args)  # last: it may start a cluster
+    except UserError as exc:
+        # Under mpirun every rank fails alike: the coordinator alone says so.
+        return report_error(exc, show=args is None or is_coordinator_process(args.backend))
     try:
         with fanout:
             summary = run(cfg, root, fanout, virtual=not args.no_virtual)
-    except (UsageError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:  # the directory holds another dataset, or another run is writing to it
+        return report_error(exc)
     except KeyboardInterrupt:
         if fanout.is_coordinator:
             print(f"\ninterrupted: finished shards are recorded in {root / MANIFEST}; "

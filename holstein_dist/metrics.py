@@ -2,8 +2,8 @@
 
 Every function is pure: arrays in (numpy, or torch tensors on any device), numpy arrays or floats
 out, always computed in float64 so that a metric never depends on the storage precision of the
-shards (complex64 by default) or of a model's output. The definitions follow SPEC section 3; where
-the SPEC leaves a choice open, the docstring says which choice is made and why.
+shards (complex64 by default) or of a model's output. The definitions follow docs/physics.md section 3; where
+docs/physics.md leaves a choice open, the docstring says which choice is made and why.
 
 The order parameters phi_n (``charge_order``) and phi_Q (``lattice_order``) live in
 ``holstein_dist.physics``; they are re-exported here so that evaluation code can take every metric
@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from holstein_dist.physics import charge_order, lattice_order
+from holstein_dist.physics import STATE_KEYS, charge_order, lattice_order
 
 __all__ = [
     "autocorrelation",
     "autocorrelation_direct",
     "charge_order",
+    "component_entries",
     "divergent_fraction",
     "divergent_mask",
     "energy_drift",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 RMSE_COMPONENTS = ("rho_diag", "rho_offdiag", "Q", "P")
+"""The four error components of a state, in this order everywhere: training loss terms, TensorBoard tags
+(``train/rho_offdiag``), the report's ``rmse_by_step`` keys."""
 
 # Largest number of complex entries handled at once by rmse_by_step: bounds its scratch memory
 # (~256 MiB of complex128) whatever the size of the rollout ensemble.
@@ -146,7 +149,7 @@ def lagged_product_sums(y: np.ndarray, max_lag: int) -> np.ndarray:
 
 
 def autocorrelation(x: Any, max_lag: int) -> np.ndarray:
-    """Ensemble autocorrelation ``C[0..max_lag]`` of a scalar series, SPEC section 3, by FFT.
+    """Ensemble autocorrelation ``C[0..max_lag]`` of a scalar series, docs/physics.md section 3, by FFT.
 
     ``x`` is ``[N trajectories, T times]`` (a 1-D series counts as N = 1; numpy or torch).
     ``C(tau) = (<x(t) x(t+tau)> - <x>^2) / (<x^2> - <x>^2)`` where ``<x(t) x(t+tau)>`` pools all
@@ -181,7 +184,7 @@ def autocorrelation(x: Any, max_lag: int) -> np.ndarray:
 
 
 def autocorrelation_direct(x: Any, max_lag: int) -> np.ndarray:
-    """The SPEC formula evaluated literally, one numpy pass per lag: O(N T max_lag).
+    """The formula of docs/physics.md section 3 evaluated literally, one numpy pass per lag: O(N T max_lag).
 
     Kept as the independent reference for tests and benchmarks of :func:`autocorrelation`; it is the
     original code's approach. Same inputs, outputs and errors.
@@ -214,7 +217,7 @@ def _series_ranges(series: Mapping[str, Any], name: str) -> dict[str, np.ndarray
 
 
 def divergent_mask(model: Mapping[str, Any], truth: Mapping[str, Any], factor: float = 1.1) -> np.ndarray:
-    """Boolean ``[N]``: which model rollouts diverged, by the SPEC section 3 range test.
+    """Boolean ``[N]``: which model rollouts diverged, by the docs/physics.md section 3 range test.
 
     ``model`` and ``truth`` map the same order-parameter names (e.g. ``"charge"`` for phi_n and
     ``"lattice"`` for phi_Q) to ``[N, T]`` series (truth may have another N and T). A rollout is
@@ -244,7 +247,7 @@ def divergent_mask(model: Mapping[str, Any], truth: Mapping[str, Any], factor: f
 
 
 def divergent_fraction(model: Mapping[str, Any], truth: Mapping[str, Any], factor: float = 1.1) -> float:
-    """Fraction of model rollouts flagged by :func:`divergent_mask` (the number the SPEC reports)."""
+    """Fraction of model rollouts flagged by :func:`divergent_mask` (the number docs/physics.md section 3 reports)."""
     return float(np.mean(divergent_mask(model, truth, factor)))
 
 
@@ -255,7 +258,7 @@ def divergent_fraction(model: Mapping[str, Any], truth: Mapping[str, Any], facto
 
 def _check_state_shapes(pred: tuple[np.ndarray, ...], truth: tuple[np.ndarray, ...]) -> None:
     """Require rho [N,T,L,L], Q and P [N,T,L] with L >= 2, identical between pred and truth."""
-    for name, a, b in zip(("rho", "Q", "P"), pred, truth, strict=True):
+    for name, a, b in zip(STATE_KEYS, pred, truth, strict=True):
         if a.shape != b.shape:
             raise ValueError(f"pred {name} has shape {a.shape} but truth {name} has {b.shape}")
     rho, q, p = truth
@@ -289,6 +292,16 @@ def _rho_squared_errors(pred_rho: np.ndarray, truth_rho: np.ndarray) -> tuple[np
     return diag, offdiag
 
 
+def component_entries(n_trajectories: int, n_sites: int) -> dict[str, int]:
+    """Entries each error component pools over ``n_trajectories`` states of ``n_sites`` sites.
+
+    rho's diagonal, Q and P have L entries per state, rho's off-diagonal L(L-1). Sums of squared errors
+    divided by these give the pooled mean squares, so ranks or steps can add sums before dividing.
+    """
+    n, L = int(n_trajectories), int(n_sites)
+    return {"rho_diag": n * L, "rho_offdiag": n * L * (L - 1), "Q": n * L, "P": n * L}
+
+
 def rmse_by_step(pred: tuple[Any, Any, Any], truth: tuple[Any, Any, Any]) -> dict[str, np.ndarray]:
     """RMSE of each state component vs rollout step, pooled over trajectories and entries.
 
@@ -298,7 +311,7 @@ def rmse_by_step(pred: tuple[Any, Any, Any], truth: tuple[Any, Any, Any]) -> dic
 
     The diagonal uses the complex difference (not only the real part): the true diagonal is real
     (n_i), so a model's spurious imaginary diagonal is an error and is counted. The off-diagonal
-    pools every entry with i != j, by complex magnitude. This matches the SPEC's loss components,
+    pools every entry with i != j, by complex magnitude. This matches the loss components (docs/physics.md section 4),
     so RMSE at step k is comparable with the training losses.
     """
     pred_arrays = tuple(to_numpy(a) for a in pred)
@@ -308,9 +321,10 @@ def rmse_by_step(pred: tuple[Any, Any, Any], truth: tuple[Any, Any, Any]) -> dic
     _check_state_shapes(pred_arrays, truth_arrays)
     n_traj, _, n_sites = truth_arrays[1].shape
     diag_sq, offdiag_sq = _rho_squared_errors(pred_arrays[0], truth_arrays[0])
+    entries = component_entries(n_traj, n_sites)
     out = {
-        "rho_diag": np.sqrt(diag_sq / (n_traj * n_sites)),
-        "rho_offdiag": np.sqrt(offdiag_sq / (n_traj * n_sites * (n_sites - 1))),
+        "rho_diag": np.sqrt(diag_sq / entries["rho_diag"]),
+        "rho_offdiag": np.sqrt(offdiag_sq / entries["rho_offdiag"]),
     }
     for name, a, b in zip(("Q", "P"), pred_arrays[1:], truth_arrays[1:], strict=True):
         diff = a.astype(np.float64) - b.astype(np.float64)
@@ -412,8 +426,8 @@ def structure_factor(x: Any) -> np.ndarray:
     that a mode of fixed amplitude has an L-independent ``S / L`` and Parseval reads
     ``sum_{m=0}^{L-1} S(q_m) = sum_j x_j^2`` over the full spectrum (weights for the half spectrum:
     :func:`structure_factor_multiplicity`). At ``q = pi`` (even L) it is ``L phi^2`` of the staggered
-    order ``phi = (1/L) sum_j (-1)^j x_j``, so the SPEC order parameters are one bin of it; the other
-    bins are the modes that the q = pi orders are blind to (the finite-size trap of SPEC section 3).
+    order ``phi = (1/L) sum_j (-1)^j x_j``, so the order parameters of docs/physics.md are one bin of it; the other
+    bins are the modes that the q = pi orders are blind to (the finite-size trap of docs/physics.md section 3).
     """
     arr = _as_real_float64(x, "x")
     if arr.ndim == 0 or arr.shape[-1] == 0:

@@ -1,4 +1,4 @@
-"""Neural surrogates of the Holstein chain: the standard residual CNN and PARC (SPEC section 4).
+"""Neural surrogates of the Holstein chain: the standard residual CNN and PARC (docs/physics.md section 4).
 
 A state (``rho`` [B, L, L] complex, ``Q`` and ``P`` [B, L] real) travels through the networks as a
 4-channel L x L image (``embed``/``unembed``). Each network is a small ResNet-v2 with circular padding,
@@ -22,10 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-SCALE_KEYS = ("rho", "Q", "P", "drho", "dQ", "dP", "delta_rho", "delta_Q", "delta_P")
-"""The nine per-dataset scales: state, exact time derivative, one-snapshot increment."""
+from holstein_dist.physics import STATE_KEYS
+from holstein_dist.shards import SCALE_KEYS  # the dataset owns its nine normalization scales
 
 State = tuple[Tensor, Tensor, Tensor]
+"""A batch of states (rho [B, L, L] complex, Q [B, L], P [B, L]) in ``physics.STATE_KEYS`` order."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +187,7 @@ class ScaledCNN(nn.Module):
         zero_output: bool,
     ) -> None:
         super().__init__()
-        for name, s_i, s_o in zip(("rho", "Q", "P"), s_in, s_out, strict=True):
+        for name, s_i, s_o in zip(STATE_KEYS, s_in, s_out, strict=True):
             self.register_buffer(f"in_scale_{name}", torch.tensor(1.0 / s_i, dtype=torch.float32))
             self.register_buffer(f"out_scale_{name}", torch.tensor(s_o, dtype=torch.float32))
         self.CNN = ResNetCNN(cfg, zero_output)
@@ -244,9 +245,10 @@ class Surrogate(nn.Module, abc.ABC):
         with self._grad_mode():
             return self(*state)
 
-    def rollout(self, rho: Tensor, Q: Tensor, P: Tensor, n_steps: int) -> State:
+    def rollout(self, rho: Tensor, Q: Tensor, P: Tensor, n_steps: int, project: bool = False) -> State:
         """Feed the model its own predictions n_steps times; each output is [B, n_steps+1, ...],
-        index 0 being the (dtype-converted) input."""
+        index 0 being the (dtype-converted) input. ``project``: after every step, map rho to the nearest
+        physical density matrix (:func:`project_density_matrix`), a rollout-time guard (not trained with)."""
         if n_steps < 0:
             raise ValueError(f"n_steps is {n_steps}; it must be >= 0")
         state = self._prepare(rho, Q, P)
@@ -258,6 +260,8 @@ class Surrogate(nn.Module, abc.ABC):
                     buf[:, k] = s
                 if k < n_steps:
                     state = self(*state)
+                    if project:
+                        state = (project_density_matrix(state[0]), state[1], state[2])
         return out
 
     def _grad_mode(self) -> contextlib.AbstractContextManager:
@@ -304,6 +308,28 @@ class PARC(Surrogate):
     def increment(self, rho: Tensor, Q: Tensor, P: Tensor) -> tuple[State, State | None]:
         derivative = self.differentiator(rho, Q, P)
         return self.integrator(*derivative), derivative
+
+
+def project_density_matrix(rho: Tensor, trace: float | None = None, iterations: int = 40) -> Tensor:
+    """Nearest (Frobenius) Hermitian matrix with eigenvalues in [0, 1] and trace ``trace`` (default: the
+    input's, rounded to the nearest integer particle number), for a batch ``[..., L, L]``.
+
+    The eigenvalues are projected onto the capped simplex {0 <= l <= 1, sum l = N}: shift all by one
+    number and clip, with the shift found by bisection (the clipped sum is monotone in the shift).
+    A single-particle density matrix of fermions obeys these bounds exactly; a surrogate's step does not.
+    """
+    h = 0.5 * (rho + rho.transpose(-2, -1).conj())
+    evals, evecs = torch.linalg.eigh(h)
+    n = torch.diagonal(h, dim1=-2, dim2=-1).real.sum(-1).round() if trace is None else \
+        torch.full(evals.shape[:-1], float(trace), dtype=evals.dtype, device=evals.device)
+    lo = (-evals.max(-1).values).unsqueeze(-1)  # every eigenvalue clipped to 0: sum 0
+    hi = (1 - evals.min(-1).values).unsqueeze(-1)  # every eigenvalue clipped to 1: sum L
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        low_sum = (evals + mid).clamp(0, 1).sum(-1, keepdim=True) < n.unsqueeze(-1)
+        lo, hi = torch.where(low_sum, mid, lo), torch.where(low_sum, hi, mid)
+    clipped = (evals + 0.5 * (lo + hi)).clamp(0, 1).to(evecs.dtype)
+    return (evecs * clipped.unsqueeze(-2)) @ evecs.transpose(-2, -1).conj()
 
 
 def hermitian_traceless(x: Tensor) -> Tensor:

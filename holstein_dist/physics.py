@@ -1,4 +1,4 @@
-"""Ehrenfest dynamics of the 1D semi-classical Holstein chain (SPEC sections 1-3).
+"""Ehrenfest dynamics of the 1D semi-classical Holstein chain (docs/physics.md sections 1-3).
 
 One formulation, three executions:
 
@@ -29,6 +29,11 @@ DT_DEFAULT = 0.01
 KT_INIT = 1e-8
 STAGGERED_START = 0.25
 BACKENDS = ("auto", "numba", "numpy", "torch")
+STATE_KEYS = ("rho", "Q", "P")
+"""Names of the state's components, in the order every function here takes and returns them; the shard
+schema, the data loaders and the evaluation key their arrays by these names."""
+HALF_FILLING = 0.5
+"""``<n_i>`` on the half-filled ring: subtracted from the density wherever its fluctuation is meant."""
 
 
 # ----------------------------------------------------------------------------- array namespace
@@ -48,6 +53,10 @@ class _NumpyOps:
     @staticmethod
     def stagger(L: int, like):
         return np.where(np.arange(L) % 2 == 0, 1.0, -1.0)
+
+    @staticmethod
+    def float64(x):
+        return x.astype(np.float64)
 
 
 class _TorchOps:
@@ -70,6 +79,10 @@ class _TorchOps:
         s = torch.ones(L, dtype=like.real.dtype if like.is_complex() else like.dtype, device=like.device)
         s[1::2] = -1.0
         return s
+
+    @staticmethod
+    def float64(x):
+        return x.double()
 
 
 def _ops(x: Any):
@@ -520,7 +533,7 @@ def initial_state(
     K0: float = K0_DEFAULT,
     eta: float = ETA_DEFAULT,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pre-quench state (SPEC section 2): CDW ground state at ``g_i`` + phonon noise, Fermi ``rho``.
+    """Pre-quench state (docs/physics.md section 2): CDW ground state at ``g_i`` + phonon noise, Fermi ``rho``.
 
     Deterministic in ``seed``: Q's noise is drawn first, then P's, from ``np.random.default_rng(seed)``.
     """
@@ -559,6 +572,19 @@ def charge_order(rho):
     ops = _ops(rho)
     n = ops.diag(rho).real
     return (n * ops.stagger(n.shape[-1], n)).mean(-1)
+
+
+def staggered_density(rho):
+    """The CDW amplitude ``(-1)^i (n_i - 1/2)`` per site, ``[..., L]`` (numpy or torch, any batch).
+
+    The 1/2 of half filling is subtracted first: ``(-1)^i n_i`` alone is dominated by trivial +-1/2
+    stripes, which would set a plot's colour scale and hide the CDW amplitude. Its site mean is
+    ``charge_order`` (the staggered 1/2 sums to zero on an even ring).
+    """
+    ops = _ops(rho)
+    # float64 before the subtraction: n_i - 1/2 of a float32 n_i near 0 or 1 would round.
+    n = ops.float64(ops.diag(rho).real) - HALF_FILLING
+    return n * ops.stagger(n.shape[-1], n)
 
 
 def lattice_order(Q):

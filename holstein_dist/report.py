@@ -88,14 +88,23 @@ def rmse_figure(data: PlotData) -> Figure:
 
 
 def spacetime_figure(data: PlotData) -> Figure:
-    """The CDW pattern (-1)^i (n_i - 1/2) vs site and time: truth, model, and their difference on its own scale."""
-    truth = data.pattern["truth"]
+    """The report's CDW space-time figure (see ``pattern_figure``)."""
+    return pattern_figure(data.pattern, data.snapshot_dt)
+
+
+def pattern_figure(pattern: Mapping[str, np.ndarray], snapshot_dt: float) -> Figure:
+    """The CDW pattern (-1)^i (n_i - 1/2) vs site and time: truth, model, and their difference on its own scale.
+
+    ``pattern``: "truth" (and optionally "model") -> ``physics.staggered_density`` of one trajectory,
+    ``[T+1, L]``. Also what training draws into TensorBoard at every validation.
+    """
+    truth = pattern["truth"]
     panels = [("ground truth", truth)]
-    if "model" in data.pattern:
-        panels.append(("model", data.pattern["model"]))
-    t_max = (truth.shape[0] - 1) * data.snapshot_dt
+    if "model" in pattern:
+        panels.append(("model", pattern["model"]))
+    t_max = (truth.shape[0] - 1) * snapshot_dt
     extent = (-0.5, truth.shape[1] - 0.5, 0.0, t_max)
-    with_diff = "model" in data.pattern
+    with_diff = "model" in pattern
     fig = _figure(len(panels) + with_diff, width=4.0, height=5.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels) + with_diff))
     scale = float(np.max(np.abs(truth))) or 1.0
@@ -106,7 +115,7 @@ def spacetime_figure(data: PlotData) -> Figure:
     fig.colorbar(shown, ax=list(axes[: len(panels)]), label=r"$(-1)^i (n_i - 1/2)$")
     if with_diff:
         # Own colour scale: the error is orders of magnitude below the pattern and would vanish on its scale.
-        diff = data.pattern["model"] - truth
+        diff = pattern["model"] - truth
         bound = float(np.max(np.abs(diff[np.isfinite(diff)]), initial=0.0)) or 1.0
         shown = axes[-1].imshow(diff, aspect="auto", origin="lower", cmap="PuOr_r", vmin=-bound, vmax=bound,
                                 extent=extent, interpolation="nearest")

@@ -1,6 +1,6 @@
 """The on-disk dataset: parameters, sharded HDF5 schema, atomic writer, manifest, scales, reader.
 
-Layout (ARCHITECTURE.md, "Data layout")::
+Layout (docs/generation.md, "Layout")::
 
     <out>/manifest.json            parameters, shard list (ranges, sha256, bytes, status), nine scales
     <out>/<split>.h5               optional virtual dataset stitching the split's shards
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import datetime as _dt
-import hashlib
+import dataclasses
 import json
 import math
 import os
@@ -32,7 +31,9 @@ import numpy as np
 import holstein_dist
 from holstein_dist import physics
 from holstein_dist.config import ConfigError, from_dict, to_dict
-from hpc.files import atomic_write_text, fsync_path, publish, temp_name
+from holstein_dist.physics import STATE_KEYS
+from hpc.cli import UserError
+from hpc.files import file_sha256, fsync_path, publish, temp_name, utc_now, write_json_atomic
 
 FORMAT = "holstein-dist-shards"
 SCHEMA_VERSION = 1
@@ -42,11 +43,13 @@ SHARD_DIR = "shards"
 # (17 snapshots) is then one or two chunk reads, never a scan across trajectories.
 TIME_CHUNK = 17
 SPLIT_NAMES = ("train", "val", "test")
-SCALE_KEYS = ("rho", "Q", "P", "drho", "dQ", "dP", "delta_rho", "delta_Q", "delta_P")
-SNAPSHOT_KEYS = ("rho", "Q", "P")
-MID_KEYS = ("rho_mid", "Q_mid", "P_mid")
+SCALE_KEYS = (*STATE_KEYS, *(f"d{k}" for k in STATE_KEYS), *(f"delta_{k}" for k in STATE_KEYS))
+"""The nine normalization scales of a dataset (max |x| over its train split) that every model carries:
+the state, its exact time derivative, its one-snapshot increment."""
+MID_KEYS = tuple(f"{k}_mid" for k in STATE_KEYS)
+"""Shard datasets of the mid-interval states (the PARC differentiator's labels come from them)."""
 PER_TRAJECTORY_KEYS = ("t0", "traj_id")
-ALL_KEYS = SNAPSHOT_KEYS + MID_KEYS + ("energy",) + PER_TRAJECTORY_KEYS
+ALL_KEYS = STATE_KEYS + MID_KEYS + ("energy",) + PER_TRAJECTORY_KEYS
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -81,7 +84,7 @@ class DataConfig:
     """Everything that determines a dataset's bits; the field names are the CLI's KEY=VALUE names."""
 
     protocol: Literal["deep", "shallow", "custom"]
-    """Quench label (SPEC section 2); the physics is fixed by ``g_i``/``g_f``, this names it."""
+    """Quench label (docs/physics.md section 2); the physics is fixed by ``g_i``/``g_f``, this names it."""
     L: int
     """Ring length (sites); even, >= 4 (half filling)."""
     g_i: float
@@ -232,15 +235,15 @@ class ScaleTracker:
 
     def snapshot(self, rho: np.ndarray, Q: np.ndarray, P: np.ndarray) -> None:
         state = (rho, Q, P)
-        for key, x in zip(SNAPSHOT_KEYS, state):
+        for key, x in zip(STATE_KEYS, state):
             self._update(key, x)
         if self._previous is not None:
-            for key, x, x0 in zip(SNAPSHOT_KEYS, state, self._previous):
+            for key, x, x0 in zip(STATE_KEYS, state, self._previous):
                 self._update(f"delta_{key}", x - x0)
         self._previous = state
 
     def mid(self, rho: np.ndarray, Q: np.ndarray, P: np.ndarray) -> None:
-        for key, d in zip(SNAPSHOT_KEYS, physics.derivatives(rho, Q, P, g=self.g_f)):
+        for key, d in zip(STATE_KEYS, physics.derivatives(rho, Q, P, g=self.g_f)):
             self._update(f"d{key}", d)
 
     def _update(self, key: str, x: np.ndarray) -> None:
@@ -253,25 +256,6 @@ def reduce_scales(per_shard: Iterable[dict[str, float]]) -> dict[str, float] | N
     if not per_shard:
         return None
     return {key: max(float(s[key]) for s in per_shard) for key in SCALE_KEYS}
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    atomic_write_text(json.dumps(obj, indent=1), path)
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- writer
@@ -346,12 +330,12 @@ class ShardWriter:
         self.energy[:, s] = physics.energy(rho, Q, P, g=self.cfg.g_f) / self.cfg.L
         stored = self._stored(rho, Q, P)
         self.scales.snapshot(*(x.astype(np.result_type(x, np.float64)) for x in stored))
-        self._put(self.snapshots, s, dict(zip(SNAPSHOT_KEYS, stored)))
+        self._put(self.snapshots, s, dict(zip(STATE_KEYS, stored)))
 
     def mid(self, m: int, rho: np.ndarray, Q: np.ndarray, P: np.ndarray) -> None:
         stored = self._stored(rho, Q, P)
         self.scales.mid(*(x.astype(np.result_type(x, np.float64)) for x in stored))
-        self._put(self.mids, m, dict(zip(SNAPSHOT_KEYS, stored)))
+        self._put(self.mids, m, dict(zip(STATE_KEYS, stored)))
 
     def _put(self, blocks: _TimeBlocks, t: int, arrays: dict[str, np.ndarray]) -> None:
         start = time.perf_counter()
@@ -391,104 +375,227 @@ class ShardWriter:
 
 # ----------------------------------------------------------------------------- manifest
 
-
-def new_manifest(cfg: DataConfig) -> dict[str, Any]:
-    """Manifest of a dataset none of whose shards exist yet."""
-    return {
-        "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
-        "software_version": holstein_dist.__version__,
-        "created": utc_now(),
-        "seed": cfg.seed,
-        "config": to_dict(cfg),
-        "physics": {"K0": physics.K0_DEFAULT, "eta": physics.ETA_DEFAULT},
-        "complete": False,
-        "scales": None,
-        "shards": [
-            {"split": s.split, "index": s.index, "file": s.file, "start": s.start, "stop": s.stop,
-             "traj_start": s.traj_start, "traj_stop": s.traj_start + s.n, "status": "pending"}
-            for s in plan_shards(cfg)
-        ],
-        "runs": [],
-    }
+ShardStatus = Literal["pending", "complete"]
 
 
-def mark_complete(manifest: dict[str, Any], file: str, *, sha256: str, size: int, scales: dict[str, float],
-                  worker: str) -> None:
-    """Record a published shard and refresh the dataset-level scales and completeness."""
-    entry = next(e for e in manifest["shards"] if e["file"] == file)
-    entry.update(status="complete", sha256=sha256, bytes=size, scales=scales, worker=worker)
-    refresh_summary(manifest)
+@dataclass
+class ShardEntry:
+    """One shard's line in the manifest: which trajectories it holds and, once complete, what was written."""
+
+    split: str
+    index: int
+    file: str
+    """Path relative to the dataset root."""
+    start: int
+    """First split-local trajectory."""
+    stop: int
+    traj_start: int
+    """First global trajectory index (the seed of trajectory k is (seed, k))."""
+    traj_stop: int
+    status: ShardStatus = "pending"
+    sha256: str | None = None
+    bytes: int | None = None
+    scales: dict[str, float] | None = None
+    """The nine scales of this shard alone; the dataset's are their maximum over the train split."""
+    worker: str | None = None
+    """``host:pid`` that computed it."""
+
+    # Set by mark_complete, dropped by mark_pending; in this order on disk.
+    RECORD_KEYS = ("sha256", "bytes", "scales", "worker")
+
+    @classmethod
+    def planned(cls, spec: ShardSpec) -> ShardEntry:
+        return cls(split=spec.split, index=spec.index, file=spec.file, start=spec.start, stop=spec.stop,
+                   traj_start=spec.traj_start, traj_stop=spec.traj_start + spec.n)
+
+    @property
+    def n(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, keys in the order the format has always had (record keys only once written)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.RECORD_KEYS}
+        out.update({key: getattr(self, key) for key in self.RECORD_KEYS if getattr(self, key) is not None})
+        return out
 
 
-def mark_pending(entry: dict[str, Any]) -> None:
-    for key in ("sha256", "bytes", "scales", "worker"):
-        entry.pop(key, None)
-    entry["status"] = "pending"
+@dataclass
+class Manifest:
+    """``<root>/manifest.json``: the dataset's parameters, its shard list and what is done.
 
+    The one reader and writer of that file. Generate creates it, records each shard the moment it is
+    published and saves it atomically after every change (so an interrupted run resumes where it
+    stopped); training and evaluation read the shard list, the scales and the config through it.
+    ``complete`` and ``scales`` are derived from the shard entries and refreshed with every change.
+    """
 
-def refresh_summary(manifest: dict[str, Any]) -> None:
-    shards = manifest["shards"]
-    manifest["complete"] = all(e["status"] == "complete" for e in shards)
-    train = [e for e in shards if e["split"] == "train"]
-    done = all(e["status"] == "complete" for e in train)
-    manifest["scales"] = reduce_scales(e["scales"] for e in train) if done else None
-    manifest["updated"] = utc_now()
+    software_version: str
+    created: str
+    seed: int
+    config_data: dict[str, Any]
+    """The config exactly as stored, so a resumed run compares and rewrites what was written (``config``
+    parses it)."""
+    physics: dict[str, float] | None
+    """K0 and eta the data were made with (absent in manifests older than the key: ``constants``)."""
+    complete: bool
+    scales: dict[str, float] | None
+    """Max over the train shards' scales; None until every train shard is complete (or with no train split)."""
+    shards: list[ShardEntry]
+    runs: list[dict[str, Any]]
+    """One record per generate invocation that had work to do: backend, workers, host, timings."""
+    updated: str | None = None
 
+    # ------------------------------------------------------------------ create, load, save
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    write_json_atomic(Path(root) / MANIFEST, manifest)
+    @classmethod
+    def new(cls, cfg: DataConfig) -> Manifest:
+        """Manifest of a dataset none of whose shards exist yet."""
+        return cls(
+            software_version=holstein_dist.__version__, created=utc_now(), seed=cfg.seed, config_data=to_dict(cfg),
+            physics={"K0": physics.K0_DEFAULT, "eta": physics.ETA_DEFAULT}, complete=False, scales=None,
+            shards=[ShardEntry.planned(spec) for spec in plan_shards(cfg)], runs=[],
+        )
 
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> Manifest:
+        """Parse ``<root>/manifest.json``; ValueError (one line, with the fix) when absent or unreadable."""
+        path = Path(root) / MANIFEST
+        if not path.is_file():
+            raise ValueError(f"{root} has no {MANIFEST}; it is not a generated dataset (run python -m "
+                             "holstein_dist.generate --out it first)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{path} is not valid JSON; delete the directory and regenerate it") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a {FORMAT} manifest; point at a directory made by holstein_dist.generate")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"{path} has schema version {data.get('schema_version')}, this code reads "
+                             f"{SCHEMA_VERSION}; regenerate the dataset with this version")
+        try:
+            return cls(
+                software_version=data["software_version"], created=data["created"], seed=data["seed"],
+                config_data=data["config"], physics=data.get("physics"), complete=data["complete"],
+                scales=data["scales"], shards=[ShardEntry(**e) for e in data["shards"]], runs=data["runs"],
+                updated=data.get("updated"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path} lacks or garbles {exc}; delete the directory and regenerate it") from None
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    """Parse ``<root>/manifest.json``; ValueError (one line, with the fix) when absent or unreadable."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise ValueError(f"{root} has no {MANIFEST}; it is not a generated dataset (run python -m "
-                         "holstein_dist.generate --out it first)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{path} is not valid JSON; delete the directory and regenerate it") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} manifest; point at a directory made by holstein_dist.generate")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path} has schema version {manifest.get('schema_version')}, this code reads "
-                         f"{SCHEMA_VERSION}; regenerate the dataset with this version")
-    return manifest
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, key for key and in the order of every manifest written so far."""
+        out: dict[str, Any] = {
+            "format": FORMAT, "schema_version": SCHEMA_VERSION, "software_version": self.software_version,
+            "created": self.created, "seed": self.seed, "config": self.config_data,
+        }
+        if self.physics is not None:
+            out["physics"] = self.physics
+        out.update(complete=self.complete, scales=self.scales, shards=[e.to_dict() for e in self.shards],
+                   runs=self.runs)
+        if self.updated is not None:
+            out["updated"] = self.updated
+        return out
 
+    def save(self, root: str | os.PathLike) -> None:
+        """Write ``<root>/manifest.json`` atomically: a reader sees the old manifest or the new one."""
+        write_json_atomic(Path(root) / MANIFEST, self.to_dict())
 
-def manifest_config(manifest: dict[str, Any], where: Path) -> DataConfig:
-    try:
-        return from_dict(DataConfig, manifest["config"])
-    except (ConfigError, KeyError, TypeError) as exc:
-        raise ValueError(f"{where}/{MANIFEST} holds an invalid config ({exc}); regenerate the dataset") from None
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def config(self) -> DataConfig:
+        """The parameters; ValueError naming the fix when the stored config is not a valid DataConfig."""
+        try:
+            return from_dict(DataConfig, self.config_data)
+        except (ConfigError, KeyError, TypeError) as exc:
+            raise ValueError(f"{MANIFEST} holds an invalid config ({exc}); regenerate the dataset") from None
+
+    @property
+    def constants(self) -> dict[str, float]:
+        """``{"K0": ..., "eta": ...}`` for the physics functions' keyword arguments.
+
+        The one fallback for manifests written before the constants were recorded: they were made with
+        the defaults, the only values the generator has ever used.
+        """
+        recorded = self.physics or {}
+        return {"K0": float(recorded.get("K0", physics.K0_DEFAULT)),
+                "eta": float(recorded.get("eta", physics.ETA_DEFAULT))}
+
+    def entries(self, split: str) -> list[ShardEntry]:
+        """The split's shards in trajectory order."""
+        return [e for e in self.shards if e.split == split]
+
+    def pending(self) -> list[ShardEntry]:
+        return [e for e in self.shards if not e.complete]
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of the shards written so far."""
+        return sum(e.bytes or 0 for e in self.shards)
+
+    # ------------------------------------------------------------------ changes
+
+    def entry(self, file: str) -> ShardEntry:
+        return next(e for e in self.shards if e.file == file)
+
+    def mark_complete(self, file: str, *, sha256: str, size: int, scales: dict[str, float], worker: str) -> None:
+        """Record a published shard and refresh the dataset-level scales and completeness."""
+        entry = self.entry(file)
+        entry.status, entry.sha256, entry.bytes, entry.scales, entry.worker = "complete", sha256, size, scales, worker
+        self.refresh()
+
+    def mark_pending(self, file: str) -> None:
+        """Forget a shard (missing or changed on disk) so that the next run recomputes it."""
+        entry = self.entry(file)
+        entry.status, entry.sha256, entry.bytes, entry.scales, entry.worker = "pending", None, None, None, None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute completeness and scales from the entries and stamp ``updated``."""
+        self.complete = all(e.complete for e in self.shards)
+        train = self.entries("train")
+        self.scales = reduce_scales(e.scales for e in train) if all(e.complete for e in train) else None
+        self.updated = utc_now()
+
+    def start_run(self, backend: str, workers: int, host: str) -> None:
+        """Open the record of a generate invocation that has shards to compute."""
+        self.runs.append({"started": utc_now(), "backend": backend, "workers": workers, "host": host,
+                          "software_version": holstein_dist.__version__})
+
+    def finish_run(self, shards: int, wall_s: float, traj_steps_per_s: float) -> None:
+        """Close the newest run record with what it did."""
+        self.runs[-1].update(finished=utc_now(), shards=shards, wall_s=round(wall_s, 3),
+                             traj_steps_per_s=round(traj_steps_per_s))
 
 
 # ----------------------------------------------------------------------------- virtual datasets
 
 
-def write_virtual_split(root: Path, manifest: dict[str, Any], split: str) -> Path:
+def write_virtual_split(root: Path, manifest: Manifest, split: str) -> Path:
     """``<root>/<split>.h5``: each dataset of the split's shards stitched along the trajectory axis.
 
     Sources are named relative to ``root`` so the directory can be moved as a whole.
     """
     root = Path(root)
-    entries = [e for e in manifest["shards"] if e["split"] == split]
-    total = sum(e["stop"] - e["start"] for e in entries)
-    with h5py.File(root / entries[0]["file"], "r") as first:
+    entries = manifest.entries(split)
+    total = sum(e.n for e in entries)
+    with h5py.File(root / entries[0].file, "r") as first:
         layouts = {key: h5py.VirtualLayout((total,) + first[key].shape[1:], first[key].dtype) for key in ALL_KEYS}
     for e in entries:
-        n, lo = e["stop"] - e["start"], e["start"]
+        n, lo = e.n, e.start
         for key, layout in layouts.items():
-            layout[lo:lo + n] = h5py.VirtualSource(e["file"], key, shape=(n,) + layout.shape[1:])
+            layout[lo:lo + n] = h5py.VirtualSource(e.file, key, shape=(n,) + layout.shape[1:])
     final = root / f"{split}.h5"
     tmp = temp_name(final)
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
             for key, layout in layouts.items():
                 f.create_virtual_dataset(key, layout)
-            f.attrs.update(flat_params(manifest_config(manifest, root)))
+            f.attrs.update(flat_params(manifest.config))
             f.attrs.update(split=split, software_version=holstein_dist.__version__)
         publish(tmp, final)
     except BaseException:
@@ -507,10 +614,10 @@ class Split:
     parent's (h5py handles must not cross a fork); pickling drops them.
     """
 
-    def __init__(self, root: Path, name: str, entries: Sequence[dict[str, Any]], n_snapshots: int) -> None:
+    def __init__(self, root: Path, name: str, entries: Sequence[ShardEntry], n_snapshots: int) -> None:
         self.root, self.name, self.n_snapshots = Path(root), name, n_snapshots
-        self.shard_paths = [self.root / e["file"] for e in entries]
-        self.shard_sizes = [int(e["stop"]) - int(e["start"]) for e in entries]
+        self.shard_paths = [self.root / e.file for e in entries]
+        self.shard_sizes = [e.n for e in entries]
         self.n_trajectories = sum(self.shard_sizes)
         self._ends = np.cumsum(self.shard_sizes).tolist()
         self._handles: dict[Path, h5py.File] = {}
@@ -536,7 +643,7 @@ class Split:
         return self.shard_paths[k], i - (self._ends[k] - self.shard_sizes[k])
 
     def read(self, i: int, start: int = 0, stop: int | None = None,
-             keys: Sequence[str] = SNAPSHOT_KEYS) -> dict[str, np.ndarray]:
+             keys: Sequence[str] = STATE_KEYS) -> dict[str, np.ndarray]:
         """Trajectory ``i``, snapshots ``[start, stop)``; ``*_mid`` keys give the intervals in that range."""
         path, local = self.locate(i)
         f = self._file(path)
@@ -544,7 +651,7 @@ class Split:
             return {key: f[key][(local,) + self._time(key, start, stop)] for key in self._check_keys(keys)}
 
     def read_many(self, indices: Sequence[int] | np.ndarray, start: int = 0, stop: int | None = None,
-                  keys: Sequence[str] = SNAPSHOT_KEYS) -> dict[str, np.ndarray]:
+                  keys: Sequence[str] = STATE_KEYS) -> dict[str, np.ndarray]:
         """Like ``read`` for many trajectories, stacked in the order given (one read per shard and key)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         keys = self._check_keys(keys)
@@ -597,8 +704,9 @@ class Split:
         self._handles = {}
 
 
-class CorruptShard(ValueError):
-    """A shard failed HDF5's per-chunk checksum (or is otherwise unreadable) while being read."""
+class CorruptShard(UserError):
+    """A shard failed HDF5's per-chunk checksum (or is otherwise unreadable) while being read; a separate class
+    because it surfaces mid-run (often from a DataLoader worker), not in the input checks before the run."""
 
 
 @contextlib.contextmanager
@@ -615,7 +723,7 @@ def _corruption_named(path: Path, root: Path) -> Iterator[None]:
 class Dataset:
     """A generated dataset directory (see ``open_dataset``)."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], config: DataConfig) -> None:
+    def __init__(self, root: Path, manifest: Manifest, config: DataConfig) -> None:
         self.root, self.manifest, self.config = root, manifest, config
         self._splits: dict[str, Split] = {}
 
@@ -624,10 +732,15 @@ class Dataset:
 
     @property
     def scales(self) -> dict[str, float]:
-        if self.manifest.get("scales") is None:
+        if self.manifest.scales is None:
             raise ValueError(f"{self.root} has no train split, hence no normalization scales; "
                              "generate one with splits.train > 0")
-        return dict(self.manifest["scales"])
+        return dict(self.manifest.scales)
+
+    @property
+    def constants(self) -> dict[str, float]:
+        """K0 and eta the data were made with (keyword arguments of the physics functions)."""
+        return self.manifest.constants
 
     @property
     def L(self) -> int:
@@ -653,8 +766,7 @@ class Dataset:
         if name not in self.splits:
             raise ValueError(f"{self.root} has no split {name!r}; available: {', '.join(self.splits)}")
         if name not in self._splits:
-            entries = [e for e in self.manifest["shards"] if e["split"] == name]
-            self._splits[name] = Split(self.root, name, entries, self.n_snapshots)
+            self._splits[name] = Split(self.root, name, self.manifest.entries(name), self.n_snapshots)
         return self._splits[name]
 
     def close(self) -> None:
@@ -670,18 +782,21 @@ def open_dataset(root: str | os.PathLike, *, verify: bool = False) -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"dataset directory {root} does not exist; generate it with python -m holstein_dist.generate")
-    manifest = read_manifest(root)
-    config = manifest_config(manifest, root)
-    pending = [e for e in manifest["shards"] if e["status"] != "complete"]
+    manifest = Manifest.load(root)
+    try:
+        config = manifest.config
+    except ValueError as exc:
+        raise ValueError(f"{root}/{exc}") from None  # the message starts with the manifest's file name
+    pending = manifest.pending()
     if pending:
-        raise ValueError(f"{root} is incomplete ({len(manifest['shards']) - len(pending)} of "
-                         f"{len(manifest['shards'])} shards done); re-run the same generate command to finish it")
-    for e in manifest["shards"]:
-        path = root / e["file"]
+        raise ValueError(f"{root} is incomplete ({len(manifest.shards) - len(pending)} of "
+                         f"{len(manifest.shards)} shards done); re-run the same generate command to finish it")
+    for e in manifest.shards:
+        path = root / e.file
         if not path.is_file():
             raise ValueError(f"shard {path} is missing; re-run the generate command on {root} to restore it")
         size = path.stat().st_size
-        if size != e["bytes"] or (verify and file_sha256(path) != e["sha256"]):
-            raise ValueError(f"shard {path} differs from the manifest (size {size} vs {e['bytes']} or sha256); "
+        if size != e.bytes or (verify and file_sha256(path) != e.sha256):
+            raise ValueError(f"shard {path} differs from the manifest (size {size} vs {e.bytes} or sha256); "
                              f"re-run the generate command on {root} to repair it")
     return Dataset(root, manifest, config)

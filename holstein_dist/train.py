@@ -1,4 +1,4 @@
-"""Train a surrogate (SimpleCNN or PARC) with the curriculum of SPEC section 5.
+"""Train a surrogate (SimpleCNN or PARC) with the curriculum of docs/physics.md section 5.
 
     python -m holstein_dist.train --config configs/train/tiny.yaml data=DIR run_dir=DIR [KEY=VALUE ...]
 
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from holstein_dist.checkpoints import (
 )
 from holstein_dist.curriculum import Curriculum, Position, Stage
 from holstein_dist.data import (
+    LABEL_KEYS,
     EpochSampler,
     RolloutWindows,
     input_noise,
@@ -52,15 +54,19 @@ from holstein_dist.data import (
     stack_windows,
     validation_indices,
 )
-from holstein_dist.model import ModelConfig, Surrogate, build_model
+from holstein_dist.metrics import RMSE_COMPONENTS, component_entries
+from holstein_dist.model import ModelConfig, State, Surrogate, build_model
+from holstein_dist.physics import STATE_KEYS, staggered_density
 from hpc import checkpoint as ckpt
 from hpc import dist
+from hpc.cli import UserError, bad_input, command_parser, field_flags, report_error
 from hpc.files import DirectoryLock, LockHeld, check_output_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_CONFIGS = ROOT / "configs" / "model"
-COMPONENTS = ("rho_diag", "rho_off", "Q", "P")
-State = tuple[Tensor, Tensor, Tensor]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MODEL_CONFIGS = config_io.shipped("model")
+"""The shipped surrogate architectures that ``model: NAME`` names (package data: any install finds them)."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -154,13 +160,15 @@ def _model_file(ref: str, config_path: Path | None) -> Path:
         if path.is_file():
             return path
     names = ", ".join(sorted(p.stem for p in MODEL_CONFIGS.glob("*.yaml")))
-    raise config_io.ConfigError(f"model {ref!r} is neither a YAML file nor one of {names}; fix the model key")
+    raise UserError(f"model {ref!r} is neither a YAML file nor one of {names}; fix the model key")
 
 
-def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """TrainConfig from YAML + ``KEY=VALUE`` overrides; ``model: NAME`` pulls in configs/model/NAME.yaml."""
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = (),
+                      flags: Mapping[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from YAML + flag values + ``KEY=VALUE`` overrides; ``model: NAME`` pulls in the shipped
+    configs/model/NAME.yaml."""
     data = config_io.read_yaml(path) if path is not None else {}
-    extra = config_io.parse_overrides(overrides)
+    extra = config_io.merge(flags or {}, config_io.parse_overrides(overrides))
     ref = extra.pop("model") if isinstance(extra.get("model"), str) else data.get("model")
     if isinstance(ref, str):
         data["model"] = config_io.read_yaml(_model_file(ref, Path(path) if path else None))
@@ -171,14 +179,14 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
 
 
 def component_sq(pred: State, truth: State) -> tuple[Tensor, Tensor]:
-    """Per-component (rho diag, rho off-diag, Q, P) sums of squared errors over the batch, and counts."""
+    """Per-component (``metrics.RMSE_COMPONENTS``) sums of squared errors over the batch, and entry counts."""
     d_rho = pred[0] - truth[0]
     sq_rho = d_rho.real.square() + d_rho.imag.square()
     diag = torch.diagonal(sq_rho, dim1=-2, dim2=-1).sum()
     sq_Q, sq_P = (pred[1] - truth[1]).square().sum(), (pred[2] - truth[2]).square().sum()
     sums = torch.stack([diag, sq_rho.sum() - diag, sq_Q, sq_P])
-    B, L = truth[1].shape
-    counts = torch.tensor([B * L, B * L * (L - 1), B * L, B * L], dtype=sums.dtype, device=sums.device)
+    entries = component_entries(*truth[1].shape)
+    counts = torch.tensor([entries[c] for c in RMSE_COMPONENTS], dtype=sums.dtype, device=sums.device)
     return sums, counts
 
 
@@ -210,13 +218,11 @@ def rollout_loss(
     Returns (total, state terms [4], derivative terms [4] or None).
     """
     n = len(states)
-    state_terms = unrolled_rms(states, [(batch["rho"][:, k + 1], batch["Q"][:, k + 1], batch["P"][:, k + 1])
-                                        for k in range(n)])
+    state_terms = unrolled_rms(states, [tuple(batch[key][:, k + 1] for key in STATE_KEYS) for k in range(n)])
     total = state_terms.sum()
     deriv_terms = None
     if derivatives is not None:
-        deriv_terms = unrolled_rms(derivatives, [(batch["drho"][:, k], batch["dQ"][:, k], batch["dP"][:, k])
-                                                 for k in range(n)])
+        deriv_terms = unrolled_rms(derivatives, [tuple(batch[key][:, k] for key in LABEL_KEYS) for k in range(n)])
         total = total + deriv_terms.sum()
     return total, state_terms, deriv_terms
 
@@ -294,9 +300,10 @@ class RunLog:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
 
-    def image(self, step: int, tag: str, img: Tensor) -> None:
+    def figure(self, step: int, tag: str, fig: Figure) -> None:
+        """A matplotlib figure, rendered to an image by TensorBoard's ``add_figure``."""
         if self.enabled:
-            self.writer.add_image(tag, img, step)
+            self.writer.add_figure(tag, fig, step)
 
     def line(self, step: int, text: str) -> None:
         if not self.enabled:
@@ -317,21 +324,14 @@ class RunLog:
             self.writer.close()
 
 
-def cdw_image(pred_rho: Tensor, true_rho: Tensor) -> Tensor:
-    """Image [1, H, W] of the staggered density (-1)^i (n_i - 1/2) vs time: prediction | truth.
+def cdw_figure(pred_rho: Tensor, true_rho: Tensor, snapshot_dt: float) -> Figure:
+    """The CDW pattern ``(-1)^i (n_i - 1/2)`` of one rollout [T+1, L, L] vs site and time, prediction next to
+    truth (and their difference), drawn exactly as the evaluation report's space-time figure."""
+    from holstein_dist.report import pattern_figure  # matplotlib: only rank 0 at validation pays the import
 
-    Time runs down, sites across; grey is 0, white/black the largest |value| of the truth.
-    """
-    def pattern(rho: Tensor) -> Tensor:
-        n = torch.diagonal(rho, dim1=-2, dim2=-1).real.float() - 0.5
-        return n * torch.tensor([1.0, -1.0]).repeat(n.shape[-1] // 2)
-
-    pred, true = pattern(pred_rho.cpu()), pattern(true_rho.cpu())
-    scale = true.abs().max().clamp_min(1e-12)
-    gap = torch.zeros(pred.shape[0], 2)
-    img = torch.cat([pred, gap, true], dim=1) / (2 * scale) + 0.5
-    zoom = max(1, 256 // img.shape[1])
-    return img.clamp(0, 1).repeat_interleave(zoom, 0).repeat_interleave(zoom, 1).unsqueeze(0)
+    pattern = {"truth": staggered_density(true_rho.detach().cpu().numpy()),
+               "model": staggered_density(pred_rho.detach().cpu().numpy())}
+    return pattern_figure(pattern, snapshot_dt)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -356,27 +356,82 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
-class Trainer:
-    """Owns the model, optimizer, schedule, data and outputs of one run; ``fit`` is the loop."""
+@dataclasses.dataclass
+class TrainerParts:
+    """The pieces a Trainer trains with. ``build_parts`` makes the standard set from the config; a test or a
+    new use (an ensemble member, another model) replaces one (``dataclasses.replace``) and keeps the rest."""
 
-    def __init__(self, cfg: TrainConfig, env: dist.DistEnv, data: shards.Dataset) -> None:
+    device: torch.device
+    model: Surrogate
+    """On ``device``; the optimizer must hold its parameters."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    """Stepped once per optimizer step; its state is checkpointed."""
+    checkpoints: ckpt.CheckpointManager
+    val_windows: RolloutWindows
+    """Windows of the validation rollout error (no derivative labels)."""
+    make_log: Callable[[int, int], RunLog]
+    """Opens the run's outputs for steps ``(start, end)`` when ``fit`` begins (not before: nothing is written
+    into run_dir until the run is under way)."""
+
+
+def training_device(cfg: TrainConfig, env: dist.DistEnv) -> torch.device:
+    """The device this rank trains on: CPU when asked, else the one ``hpc.dist`` assigned (GPU or CPU)."""
+    device = torch.device("cpu") if cfg.device == "cpu" else env.device
+    if cfg.device == "cuda" and device.type != "cuda":
+        raise ValueError("device=cuda but no GPU is visible; use device=auto or device=cpu")
+    return device
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over every parameter of ``model``."""
+    return torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, curriculum: Curriculum) -> torch.optim.lr_scheduler.LambdaLR:
+    """The curriculum's learning-rate factor per global step."""
+    # A lambda, not the bound method: LambdaLR checkpoints the __dict__ of non-function callables.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: curriculum.lr_factor(step))
+
+
+def build_parts(cfg: TrainConfig, env: dist.DistEnv, data: shards.Dataset) -> TrainerParts:
+    """The standard pieces of a run, built in the order that fixes the initial weights."""
+    device = training_device(cfg, env)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+    model: Surrogate = build_model(cfg.model, data.scales).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    return TrainerParts(
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.curriculum),
+        checkpoints=ckpt.CheckpointManager(Path(cfg.run_dir) / CHECKPOINT_DIR, keep=cfg.keep),
+        val_windows=RolloutWindows(data, cfg.val_split, cfg.val_n_step, derivatives=False),
+        make_log=functools.partial(RunLog, cfg, env),
+    )
+
+
+def build_trainer(cfg: TrainConfig, env: dist.DistEnv, data: shards.Dataset) -> Trainer:
+    """The composition root of a training run: the standard pieces, handed to a Trainer (which resumes)."""
+    return Trainer(cfg, env, data, build_parts(cfg, env, data))
+
+
+class Trainer:
+    """Trains the pieces it is given (``TrainerParts``) through the curriculum; ``fit`` is the loop.
+
+    On construction it resumes from the newest valid checkpoint in the parts' checkpoint directory, then
+    wraps the model for the unrolled forward (torch.compile, DDP when the process group is up).
+    """
+
+    def __init__(self, cfg: TrainConfig, env: dist.DistEnv, data: shards.Dataset, parts: TrainerParts) -> None:
         self.cfg, self.env, self.data = cfg, env, data
         self.curriculum: Curriculum = cfg.curriculum
         self.end = min(self.curriculum.total_steps, cfg.max_steps or self.curriculum.total_steps)
-        self.device = torch.device("cpu") if cfg.device == "cpu" else env.device
-        if cfg.device == "cuda" and self.device.type != "cuda":
-            raise ValueError("device=cuda but no GPU is visible; use device=auto or device=cpu")
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-        self.model: Surrogate = build_model(cfg.model, data.scales).to(self.device)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: self.curriculum.lr_factor(step)
-        )
-        self.checkpoints = ckpt.CheckpointManager(Path(cfg.run_dir) / CHECKPOINT_DIR, keep=cfg.keep)
+        self.device, self.model = parts.device, parts.model
+        self.optimizer, self.scheduler, self.checkpoints = parts.optimizer, parts.scheduler, parts.checkpoints
+        self.make_log = parts.make_log
         self.step = self._resume()
         core = torch.compile(self.model) if cfg.compile else self.model
         rollout = Rollout(core, cfg.grad_checkpoint)
@@ -384,9 +439,8 @@ class Trainer:
             DistributedDataParallel(rollout, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if env.distributed else rollout
         )
-        val = RolloutWindows(data, cfg.val_split, cfg.val_n_step, derivatives=False)
-        self.val_windows = val
-        self.val_indices = validation_indices(len(val), cfg.val_windows)
+        self.val_windows = parts.val_windows
+        self.val_indices = validation_indices(len(self.val_windows), cfg.val_windows)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -460,8 +514,8 @@ class Trainer:
     def _scalars(self, summed: Tensor, count: int, stage: Stage, pos: Position, rate: float) -> dict[str, float]:
         mean = (dist.all_reduce_mean(summed) / count).tolist()
         out = {"train/loss": mean[0], "train/grad_norm": mean[5]}
-        out.update({f"train/{c}": v for c, v in zip(COMPONENTS, mean[1:5])})
-        out.update({f"train/deriv_{c}": v for c, v in zip(COMPONENTS, mean[6:10])})
+        out.update({f"train/{c}": v for c, v in zip(RMSE_COMPONENTS, mean[1:5])})
+        out.update({f"train/deriv_{c}": v for c, v in zip(RMSE_COMPONENTS, mean[6:10])})
         out.update({
             "lr": self.optimizer.param_groups[0]["lr"], "curriculum/stage": pos.stage,
             "curriculum/n_step": stage.n_step, "curriculum/noise": stage.noise, "perf/samples_per_s": rate,
@@ -489,18 +543,19 @@ class Trainer:
             rho, Q, P = self.model.rollout(batch["rho"][:, 0], batch["Q"][:, 0], batch["P"][:, 0], n)
             for k in range(1, n + 1):
                 pred = (rho[:, k], Q[:, k], P[:, k])
-                truth = tuple(batch[key][:, k].to(self.device) for key in ("rho", "Q", "P"))
+                truth = tuple(batch[key][:, k].to(self.device) for key in STATE_KEYS)
                 s, c = component_sq(pred, truth)
                 sums[k - 1] += s.double().cpu()
                 counts[k - 1] += c.double().cpu()
             if lo == 0 and self.env.is_main:
-                log.image(self.step, "val/cdw_pattern_pred_vs_true", cdw_image(rho[0], batch["rho"][0]))
+                log.figure(self.step, "val/cdw_pattern_pred_vs_true",
+                           cdw_figure(rho[0], batch["rho"][0], self.data.snapshot_dt))
         sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
         rmse = torch.sqrt(sums / counts)
         error = float(rmse.sum(1).mean())
         scalars = {"val/rollout_error": error}
-        scalars.update({f"val/rmse_first_{c}": float(v) for c, v in zip(COMPONENTS, rmse[0])})
-        scalars.update({f"val/rmse_last_{c}": float(v) for c, v in zip(COMPONENTS, rmse[-1])})
+        scalars.update({f"val/rmse_first_{c}": float(v) for c, v in zip(RMSE_COMPONENTS, rmse[0])})
+        scalars.update({f"val/rmse_last_{c}": float(v) for c, v in zip(RMSE_COMPONENTS, rmse[-1])})
         log.scalars(self.step, scalars)
         self.model.train()
         return error
@@ -513,7 +568,7 @@ class Trainer:
         if env.is_main:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             config_io.save_resolved(cfg, Path(cfg.run_dir) / "config.yaml")
-        log = RunLog(cfg, env, self.step, self.end)
+        log = self.make_log(self.step, self.end)
         n_params = sum(p.numel() for p in self.model.parameters())
         if self.step == 0:
             log.hparams(cfg, env.world_size, n_params)
@@ -601,25 +656,27 @@ def configure_torch(cfg: TrainConfig) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+FIELD_FLAGS = ("data", "run_dir")
+"""TrainConfig fields with a flag: the two paths every run names (``--data DIR`` = ``data=DIR``)."""
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m holstein_dist.train",
-        description="Train a SimpleCNN/PARC surrogate; re-run with the same run_dir to resume.",
-    )
-    parser.add_argument("--config", required=True, help="train config YAML, e.g. configs/train/tiny.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data=DIR run_dir=DIR batch_size=8")
-    return parser.parse_intermixed_args(argv)  # options may come after the KEY=VALUE overrides
-
-
-class SetupError(ValueError):
-    """The user's input (config, data directory, checkpoint) cannot start a run; one line, with the fix."""
+    parser = command_parser("python -m holstein_dist.train",
+                            "Train a SimpleCNN/PARC surrogate; re-run with the same run_dir to resume.",
+                            config_help="train config YAML, e.g. configs/train/tiny.yaml",
+                            override_example="batch_size=8 curriculum.batches_per_epoch=100")
+    parser.add_argument("--data", default=argparse.SUPPRESS, metavar="DIR",
+                        help="dataset directory made by holstein_dist.generate (= data=DIR)")
+    parser.add_argument("--run-dir", dest="run_dir", default=argparse.SUPPRESS, metavar="DIR",
+                        help="checkpoints, TensorBoard and the resolved config; re-use it to resume (= run_dir=DIR)")
+    return parser.parse(argv)
 
 
 def setup(argv: Sequence[str] | None) -> tuple[TrainConfig, shards.Dataset]:
     """Parse and validate everything that does not need the process group: config and data directory."""
     args = parse_args(argv)
-    try:
-        cfg = load_train_config(args.config, args.overrides)
+    with bad_input():
+        cfg = load_train_config(args.config, args.overrides, field_flags(args, FIELD_FLAGS))
         configure_torch(cfg)
         # Before joining the group and before anything is written: a bad path or split then fails on every
         # rank alike instead of leaving peers hanging or a half-made run_dir behind.
@@ -628,11 +685,9 @@ def setup(argv: Sequence[str] | None) -> tuple[TrainConfig, shards.Dataset]:
         for key in ("train_split", "val_split"):
             name = getattr(cfg, key)
             if name not in data.splits:
-                raise ValueError(f"{key} {name!r} is not in {cfg.data} (it has {', '.join(data.splits)}); pass "
-                                 f"{key}=<one of those>")
+                raise UserError(f"{key} {name!r} is not in {cfg.data} (it has {', '.join(data.splits)}); pass "
+                                f"{key}=<one of those>")
         return cfg, data
-    except ValueError as exc:
-        raise SetupError(str(exc)) from None
 
 
 def lock_run_dir(cfg: TrainConfig, env: dist.DistEnv) -> DirectoryLock | None:
@@ -646,12 +701,12 @@ def lock_run_dir(cfg: TrainConfig, env: dist.DistEnv) -> DirectoryLock | None:
             lock, refusal = None, str(exc).replace("is in use", "(run_dir) is in use")
     refusal = dist.broadcast_object(refusal)
     if refusal is not None:
-        raise SetupError(refusal)
+        raise UserError(refusal)
     return lock
 
 
 def run(argv: Sequence[str] | None = None) -> RunResult:
-    """Set up (distributed when launched so), train, leave the process group. Bad input: SetupError."""
+    """Set up (distributed when launched so), train, leave the process group. Bad input: UserError."""
     cfg, data = setup(argv)
     # Signals are caught from here on: a Slurm warning during start-up still ends in a checkpoint.
     with ckpt.PreemptionGuard() as guard:
@@ -659,10 +714,8 @@ def run(argv: Sequence[str] | None = None) -> RunResult:
         lock = None
         try:
             lock = lock_run_dir(cfg, env)
-            try:
-                trainer = Trainer(cfg, env, data)
-            except ValueError as exc:  # incompatible checkpoint, model/data mismatch
-                raise SetupError(str(exc)) from None
+            with bad_input():  # incompatible checkpoint, model/data mismatch
+                trainer = build_trainer(cfg, env, data)
             return trainer.fit(guard)
         finally:
             if lock is not None:
@@ -674,13 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: exit 0 when finished or checkpointed on a signal, 2 with a one-line error for bad input."""
     try:
         run(argv)
-    except SetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except shards.CorruptShard as exc:
-        # Raised in a DataLoader worker, it arrives wrapped with the worker's traceback: keep our line.
-        print(f"error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
-        return 2
+    except UserError as exc:  # bad input; also a shard found corrupt mid-run (shards.CorruptShard)
+        return report_error(exc)
     return 0
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpc.cli import UserError
 from hpc.dist import slurm_job_id
 from hpc.files import atomic_write_bytes, is_temp_name
 
@@ -48,7 +49,7 @@ BAD_SUFFIX = ".bad"
 _STEP_RE = re.compile(r"step-(\d{8,})\.pt")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable or does not fit this run; the message names the fix."""
 
 

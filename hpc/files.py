@@ -4,16 +4,24 @@ resolved configs, checkpoints).
 A file is written under a hidden temporary name beside its final name, fsynced, renamed over the final
 name (``os.replace`` is atomic on POSIX) and the directory is fsynced, so a process killed at any
 instant leaves either the old file or the new one, never a partial one under the final name.
+
+Also the generic helpers around such files that know nothing of the science: atomic JSON, a file's
+sha256, the UTC timestamp of records, the directory lock and the output-directory check.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import fcntl
+import hashlib
 import json
 import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Any
+
+from hpc.cli import UserError
 
 TMP_SUFFIX = ".tmp"
 
@@ -70,11 +78,30 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     atomic_write_bytes(text.encode(), path)
 
 
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """``obj`` as indented JSON (indent 1: readable, yet compact for long shard lists), written atomically."""
+    atomic_write_text(json.dumps(obj, indent=1), path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks so a multi-GB shard never sits in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def utc_now() -> str:
+    """Current UTC time as ISO 8601 to the second: the timestamp format of every record we write."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 LOCK_NAME = ".lock"
 
 
-class LockHeld(ValueError):
-    """Another live process holds a directory's lock; the message says who."""
+class LockHeld(UserError):
+    """Another live process holds a directory's lock; the message says who (callers add which directory)."""
 
 
 class DirectoryLock:

@@ -32,6 +32,8 @@ from typing import Any
 
 import submitit
 
+from hpc.cli import ArgumentParser, UserError, report_error
+
 COMMANDS = {"train": "holstein_dist.train:run"}
 """Sub-command -> ``module:function`` run in every task with the remaining KEY=VALUE arguments."""
 
@@ -64,7 +66,7 @@ class ModuleJob:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m hpc.submit",
         description="Submit a holstein-dist command with submitit (Slurm), wait, and report the outcome.",
     )
@@ -89,7 +91,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     parser.add_argument("--poll-s", type=float, default=10.0, help="seconds between state checks (default 10)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run_dir=runs/x")
-    args = parser.parse_intermixed_args(argv)  # options may come after the KEY=VALUE overrides
+    args = parser.parse(argv)
     for name in ("nodes", "timeout_min"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -195,8 +197,11 @@ def wait(job: submitit.Job, poll_s: float) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Thin CLI: build the executor, submit, then wait and report (unless --no-wait)."""
-    args = parse_args(argv)
+    """Thin CLI: build the executor, submit, then wait and report (unless --no-wait); bad input: exit 2."""
+    try:
+        args = parse_args(argv)
+    except UserError as exc:
+        return report_error(exc)
     executor = make_executor(args)
     job = executor.submit(ModuleJob(COMMANDS[args.command], ["--config", args.config, *args.overrides]))
     print(f"submitted {args.command} job {job.job_id} ({executor.cluster}); log: {job.task(0).paths.stdout}",

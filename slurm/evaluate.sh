@@ -5,13 +5,11 @@
 #   sbatch [--nodes 1 --ntasks-per-node 4 --gpus-per-task 1 --partition P --account A --time 01:00:00] \
 #       slurm/evaluate.sh --checkpoint runs/parc --data /scratch/$USER/deep_L32 --out runs/parc/eval [args]
 #
-# Arguments: anything `python -m holstein_dist.evaluate` accepts (--checkpoint, --data, --split,
-# --rollouts, --steps, --max-lag, --out, --device, --batch-size, --bf16, --truth-only, --baseline-steps).
+# Arguments: anything `python -m holstein_dist.evaluate` accepts (--checkpoint, --data, --out, --rollouts,
+# ..., KEY=VALUE overrides; README "Command lines").
 # With GPUs, ask for one per task: hpc.dist gives each rank the GPU of its local rank.
-# Site specifics come from sbatch flags and these environment variables (all optional):
-#   HOLSTEIN_MODULES    modules to load first, e.g. "cuda/12.4"
-#   HOLSTEIN_VENV       virtual environment to activate (default: .venv of the submit directory, if any)
-#   HOLSTEIN_PYTHON     interpreter (default: python)
+# Site specifics (modules, venv, python, threads) come from sbatch flags and the HOLSTEIN_* variables
+# that slurm/preamble.sh documents.
 #SBATCH --job-name=holstein-evaluate
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=2
@@ -25,20 +23,17 @@ if [[ $# -lt 1 ]]; then
     exit 2
 fi
 
-if [[ -n "${HOLSTEIN_MODULES:-}" ]]; then
-    # shellcheck disable=SC2086  # a list of module names
-    module load $HOLSTEIN_MODULES
+# sbatch runs a copy of this script from its spool directory: the shared preamble sits beside the
+# original, whose path Slurm keeps as the job's Command.
+here=$(dirname "${BASH_SOURCE[0]}")
+if [[ ! -f "$here/preamble.sh" && -n "${SLURM_JOB_ID:-}" ]]; then
+    here=$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")
 fi
-venv=${HOLSTEIN_VENV:-${SLURM_SUBMIT_DIR:-.}/.venv}
-if [[ -f "$venv/bin/activate" ]]; then
-    # shellcheck disable=SC1091
-    source "$venv/bin/activate"
-fi
-
+# shellcheck source=preamble.sh
+source "$here/preamble.sh" || { echo "error: no preamble.sh in '$here'; submit the script from slurm/" >&2; exit 2; }
 # Each rank uses its task's cores, no more: torch for the surrogate, numba for the exact-simulator
 # baseline (the evaluation gives numba torch's thread count, so both sides of the speed-up match).
-threads=${SLURM_CPUS_PER_TASK:-1}
-export OMP_NUM_THREADS=$threads NUMBA_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+holstein_threads "${SLURM_CPUS_PER_TASK:-1}"
 
-echo "holstein-evaluate: ${SLURM_NTASKS:-?} ranks on ${SLURM_JOB_NUM_NODES:-?} node(s), $threads threads each"
-exec srun --kill-on-bad-exit=1 "${HOLSTEIN_PYTHON:-python}" -m holstein_dist.evaluate "$@"
+echo "holstein-evaluate: ${SLURM_NTASKS:-?} ranks on ${SLURM_JOB_NUM_NODES:-?} node(s), ${OMP_NUM_THREADS} threads each"
+exec srun --kill-on-bad-exit=1 "$PYTHON" -m holstein_dist.evaluate "$@"

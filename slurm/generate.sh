@@ -7,11 +7,9 @@
 #
 # Arguments: the data config first, then anything `python -m holstein_dist.generate` accepts
 # (--out, KEY=VALUE overrides). Resubmitting the same command resumes an interrupted dataset.
-# Site specifics come from sbatch flags and these environment variables (all optional):
-#   HOLSTEIN_MODULES    modules to load first, e.g. "gcc/12 openmpi/4.1"
-#   HOLSTEIN_VENV       virtual environment to activate (default: .venv of the submit directory, if any)
-#   HOLSTEIN_PYTHON     interpreter (default: python)
-#   SLURM_MPI_TYPE      srun's MPI plugin, e.g. pmix for Open MPI, pmi2 for MPICH (Slurm's own variable)
+# Site specifics (modules, venv, python, threads) come from sbatch flags and the HOLSTEIN_* variables
+# that slurm/preamble.sh documents.
+# SLURM_MPI_TYPE (Slurm's own variable) picks srun's MPI plugin, e.g. pmix for Open MPI, pmi2 for MPICH.
 #SBATCH --job-name=holstein-generate
 #SBATCH --ntasks=4
 #SBATCH --cpus-per-task=1
@@ -26,19 +24,17 @@ fi
 config=$1
 shift
 
-if [[ -n "${HOLSTEIN_MODULES:-}" ]]; then
-    # shellcheck disable=SC2086  # a list of module names
-    module load $HOLSTEIN_MODULES
+# sbatch runs a copy of this script from its spool directory: the shared preamble sits beside the
+# original, whose path Slurm keeps as the job's Command.
+here=$(dirname "${BASH_SOURCE[0]}")
+if [[ ! -f "$here/preamble.sh" && -n "${SLURM_JOB_ID:-}" ]]; then
+    here=$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")
 fi
-venv=${HOLSTEIN_VENV:-${SLURM_SUBMIT_DIR:-.}/.venv}
-if [[ -f "$venv/bin/activate" ]]; then
-    # shellcheck disable=SC1091
-    source "$venv/bin/activate"
-fi
-
+# shellcheck source=preamble.sh
+source "$here/preamble.sh" || { echo "error: no preamble.sh in '$here'; submit the script from slurm/" >&2; exit 2; }
 # One single-threaded rank per core: keep numba/BLAS from starting a thread pool in every rank.
-export NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+holstein_threads 1
 
 echo "holstein-generate: ${SLURM_NTASKS:-?} ranks on ${SLURM_JOB_NUM_NODES:-?} node(s), config $config"
-exec srun --kill-on-bad-exit=1 "${HOLSTEIN_PYTHON:-python}" -m holstein_dist.generate \
+exec srun --kill-on-bad-exit=1 "$PYTHON" -m holstein_dist.generate \
     --config "$config" --backend mpi "$@"

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Multi-node, multi-GPU training: one srun task per GPU, DDP over NCCL (gloo when the nodes have no GPU).
 #
 #   sbatch [SBATCH FLAGS] slurm/train_parc.sh CONFIG [KEY=VALUE ...]
@@ -9,10 +9,8 @@
 #       slurm/train_parc.sh configs/train/tiny.yaml data=data/tiny run_dir=runs/tiny     # CPU-only nodes
 #
 # Keep --ntasks-per-node equal to --gpus-per-node. Site specifics come from sbatch flags (partition,
-# account, time, GPUs) and these optional environment variables, read when the job starts:
-#   HOLSTEIN_MODULES   modules to load first, e.g. "cuda/12.4 nccl"        (module load $HOLSTEIN_MODULES)
-#   HOLSTEIN_VENV      a virtual environment to activate (its bin/activate)
-#   HOLSTEIN_PYTHON    the python to run (default: python on PATH after the two above)
+# account, time, GPUs) and the HOLSTEIN_* variables that slurm/preamble.sh documents (modules, venv,
+# python, threads).
 #
 # Preemption and time limits: Slurm sends SIGUSR1 to every task 120 s before the end (no "B:", so the
 # python ranks get it, not just this shell); the trainer writes a checkpoint at the next step boundary and
@@ -41,17 +39,16 @@ if [ ! -f "$CONFIG" ]; then
     exit 2
 fi
 
-if [ -n "${HOLSTEIN_MODULES:-}" ]; then
-    # shellcheck disable=SC2086  # a list of module names
-    module load $HOLSTEIN_MODULES
+# sbatch runs a copy of this script from its spool directory: the shared preamble sits beside the
+# original, whose path Slurm keeps as the job's Command.
+here=$(dirname "${BASH_SOURCE[0]}")
+if [[ ! -f "$here/preamble.sh" && -n "${SLURM_JOB_ID:-}" ]]; then
+    here=$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")
 fi
-if [ -n "${HOLSTEIN_VENV:-}" ]; then
-    # shellcheck disable=SC1091
-    source "$HOLSTEIN_VENV/bin/activate"
-fi
-PYTHON=${HOLSTEIN_PYTHON:-python}
-# One intra-op thread pool per rank sized to its cores, unless the caller chose.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+# shellcheck source=preamble.sh
+source "$here/preamble.sh" || { echo "error: no preamble.sh in '$here'; submit the script from slurm/" >&2; exit 2; }
+# One intra-op thread pool per rank sized to its cores.
+holstein_threads "${SLURM_CPUS_PER_TASK:-1}"
 
 echo "$(date -u +%FT%TZ) job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}:" \
      "${SLURM_NTASKS} task(s); $PYTHON -m holstein_dist.train --config $CONFIG $*"

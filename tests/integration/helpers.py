@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from holstein_dist import shards
+from holstein_dist.physics import STATE_KEYS
 
-KEYS = shards.SNAPSHOT_KEYS + shards.MID_KEYS + ("energy", "t0", "traj_id")
+KEYS = STATE_KEYS + shards.MID_KEYS + ("energy", "t0", "traj_id")
 
 
 def dataset_arrays(root: Path) -> dict[tuple[str, str], np.ndarray]:

@@ -54,7 +54,7 @@ def _rank_main(rank: int, world: int, port: int, data: str, run_dir: str, out: s
         }
         cfg = train.load_train_config(TINY, [f"data={data}", f"run_dir={run_dir}", "model=small", "threads=1"])
         with ckpt.PreemptionGuard() as guard:
-            trainer = train.Trainer(cfg, env, open_data(data))
+            trainer = train.build_trainer(cfg, env, open_data(data))
             result = trainer.fit(guard)
         params = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         torch.save({"helpers": helpers, "result": result, "params": params}, Path(out) / f"rank{rank}.pt")

@@ -28,7 +28,7 @@ from holstein_dist import generate, physics
 from holstein_dist import shards as sh
 from holstein_dist.config import load_config
 from hpc.fanout import DaskFanout
-from hpc.files import LOCK_NAME, is_temp_name
+from hpc.files import LOCK_NAME, file_sha256, is_temp_name
 
 pytestmark = pytest.mark.integration
 
@@ -105,13 +105,13 @@ def test_trajectory_equals_independent_integration(reference):
     cfg = ds.config
     split = ds.split("val")
     k = cfg.split_start("val") + 1
-    got = split.read(1, keys=sh.SNAPSHOT_KEYS + sh.MID_KEYS + ("t0", "traj_id"))
+    got = split.read(1, keys=physics.STATE_KEYS + sh.MID_KEYS + ("t0", "traj_id"))
     rho, Q, P, phase = generate.initial_conditions(cfg, k)
     assert got["traj_id"] == k and got["t0"] == (cfg.transient_steps + phase) * cfg.dt
     state = physics.evolve(rho, Q, P, g=cfg.g_f, n_steps=cfg.transient_steps + phase)
     half = cfg.save_interval // 2
     for t in range(cfg.n_snapshots):
-        for key, x in zip(sh.SNAPSHOT_KEYS, state):
+        for key, x in zip(physics.STATE_KEYS, state):
             np.testing.assert_array_equal(got[key][t], x.astype(got[key].dtype), err_msg=f"{key}[{t}]")
         if t < cfg.n_steps:
             state = physics.evolve(*state, g=cfg.g_f, n_steps=half)
@@ -123,15 +123,15 @@ def test_trajectory_equals_independent_integration(reference):
 def test_schema_manifest_and_invariants(reference):
     ds = sh.open_dataset(reference, verify=True)
     cfg, m = ds.config, ds.manifest
-    assert m["complete"] and m["seed"] == cfg.seed == 7 and m["software_version"] == "0.1.0"
-    assert [(e["file"], e["traj_start"], e["traj_stop"]) for e in m["shards"]] == [
+    assert m.complete and m.seed == cfg.seed == 7 and m.software_version == "0.1.0"
+    assert [(e.file, e.traj_start, e.traj_stop) for e in m.shards] == [
         ("shards/train-00000.h5", 0, 2), ("shards/train-00001.h5", 2, 4), ("shards/val-00000.h5", 4, 6),
         ("shards/test-00000.h5", 6, 8)]
     assert sorted(p.name for p in (reference / sh.SHARD_DIR).iterdir()) == [
         "test-00000.h5", "train-00000.h5", "train-00001.h5", "val-00000.h5"]
-    for e in m["shards"]:
-        path = reference / e["file"]
-        assert e["bytes"] == path.stat().st_size and e["sha256"] == sh.file_sha256(path)
+    for e in m.shards:
+        path = reference / e.file
+        assert e.bytes == path.stat().st_size and e.sha256 == file_sha256(path)
         with h5py.File(path) as f:
             assert f["rho"].shape == (2, 41, 16, 16) and f["rho"].dtype == np.complex64
             assert f["P_mid"].shape == (2, 40, 16) and f["P_mid"].dtype == np.float32
@@ -139,13 +139,13 @@ def test_schema_manifest_and_invariants(reference):
             assert f.attrs["L"] == 16 and f.attrs["g_f"] == 1.0 and f.attrs["software_version"] == "0.1.0"
             assert f.attrs["transient_steps"] == 128 and f.attrs["splits.train"] == 4 and "created" in f.attrs
     for name in ds.splits:
-        data = ds.split(name).read_many(range(len(ds.split(name))), keys=sh.SNAPSHOT_KEYS + ("energy", "t0"))
+        data = ds.split(name).read_many(range(len(ds.split(name))), keys=physics.STATE_KEYS + ("energy", "t0"))
         phase = np.rint(data["t0"] / cfg.dt).astype(int) - cfg.transient_steps
         assert ((0 <= phase) & (phase <= cfg.max_phase)).all()
         # float64 integration: the stored energy per site is conserved to round-off
         assert np.ptp(data["energy"], axis=1).max() < 1e-12
         # recomputed from the single-precision snapshots it is constant to float32 rounding
-        e32 = physics.energy(*(data[k].astype(np.result_type(data[k], np.float64)) for k in sh.SNAPSHOT_KEYS),
+        e32 = physics.energy(*(data[k].astype(np.result_type(data[k], np.float64)) for k in physics.STATE_KEYS),
                              g=cfg.g_f) / cfg.L
         assert np.abs(e32 - data["energy"]).max() < 1e-6
         trace = np.trace(data["rho"], axis1=-2, axis2=-1).real
@@ -157,10 +157,10 @@ def test_schema_manifest_and_invariants(reference):
 def test_scales_equal_brute_force_maxima(reference):
     ds = sh.open_dataset(reference)
     train = ds.split("train")
-    data = train.read_many(range(len(train)), keys=sh.SNAPSHOT_KEYS + sh.MID_KEYS)
+    data = train.read_many(range(len(train)), keys=physics.STATE_KEYS + sh.MID_KEYS)
     up = {k: v.astype(np.result_type(v, np.float64)) for k, v in data.items()}
     derivative = physics.derivatives(up["rho_mid"], up["Q_mid"], up["P_mid"], g=ds.g_f)
-    for key, d in zip(sh.SNAPSHOT_KEYS, derivative):
+    for key, d in zip(physics.STATE_KEYS, derivative):
         assert ds.scales[key] == np.abs(up[key]).max()
         assert ds.scales[f"d{key}"] == np.abs(d).max()
         assert ds.scales[f"delta_{key}"] == np.abs(np.diff(up[key], axis=1)).max()

@@ -110,7 +110,7 @@ def test_trained_checkpoint_loads_with_load_model_and_gives_identical_outputs(ti
     torch.set_num_threads(1)  # a model this small only loses from threads competing for two cores
     try:
         with ckpt.PreemptionGuard() as guard:
-            trainer = train.Trainer(cfg, env, open_data(tiny_data))
+            trainer = train.build_trainer(cfg, env, open_data(tiny_data))
             result = trainer.fit(guard)
     finally:
         torch.set_num_threads(threads)

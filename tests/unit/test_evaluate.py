@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from holstein_dist import evaluate
+from holstein_dist import evaluate, physics
 from holstein_dist.checkpoints import data_signature, load_model, model_payload
 from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
 from holstein_dist.report import VOLATILE_SECTIONS, numeric_differences
@@ -246,7 +246,7 @@ def test_structure_factor_section_of_the_shallow_quench(model_report: tuple[dict
 
 
 def test_mode_series_at_pi_are_the_order_parameters(shallow_data: Path) -> None:
-    # S(pi, t) = L phi^2: the report's modes and its SPEC order parameters are computed consistently.
+    # S(pi, t) = L phi^2: the report's modes and its order parameters (docs/physics.md section 3) agree.
     split = open_dataset(shallow_data).split("test")
     data = split.read_many([0, 1], 0, 11)
     plan = evaluate.make_plan(evaluate.Options(checkpoint=None, data=shallow_data, truth_only=True, steps=10),
@@ -264,7 +264,7 @@ def test_staggered_density_is_the_cdw_amplitude() -> None:
     n = 0.5 + amplitude[:, None] * (-1.0) ** np.arange(6)
     rho = np.zeros((3, 6, 6), np.complex64)
     rho[:, np.arange(6), np.arange(6)] = n
-    np.testing.assert_allclose(evaluate.staggered_density(rho), np.repeat(amplitude[:, None], 6, axis=1), atol=1e-7)
+    np.testing.assert_allclose(physics.staggered_density(rho), np.repeat(amplitude[:, None], 6, axis=1), atol=1e-7)
 
 
 @pytest.mark.parametrize(("charge", "lattice", "warned"), [
@@ -440,6 +440,6 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, shallow_data: Path, ref
         out = [] if "--out" in argv else ["--out", tmp_path / "out"]
         assert run(*argv, *out) == 2, argv
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("evaluate: error: "), err
+        assert err.count("\n") == 1 and err.startswith("error: "), err
         assert expected in err, (argv, err)
     assert not (tmp_path / "out").exists()  # refused before any work was done

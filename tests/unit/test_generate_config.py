@@ -30,7 +30,7 @@ def test_paper_protocols_match_spec():
     assert (deep.transient_steps, deep.save_interval, deep.n_steps, deep.max_phase) == (6400, 256, 1000, 255)
     assert deep.splits == Splits(train=1228, val=32, test=256)
     assert deep.snapshot_dt == pytest.approx(2.56) and deep.n_snapshots == 1001
-    assert deep.trajectory_steps(0) == 262_400  # SPEC: 44 s per trajectory for the C++ reference
+    assert deep.trajectory_steps(0) == 262_400  # docs/physics.md section 2: 44 s per trajectory for the C++ reference
     for name, L in (("shallow_L32.yaml", 32), ("shallow_L16.yaml", 16)):
         shallow = load_config(DataConfig, CONFIGS / name)
         assert (shallow.protocol, shallow.L, shallow.g_i, shallow.g_f) == ("shallow", L, 0.5, 0.8)

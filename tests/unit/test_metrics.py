@@ -1,4 +1,4 @@
-"""Metrics against naive formulas and hand-built cases (SPEC section 3)."""
+"""Metrics against naive formulas and hand-built cases (docs/physics.md section 3)."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def test_direct_formula_is_the_spec_formula_by_hand():
 
 
 def test_pooled_mean_is_not_the_per_window_mean():
-    # A linear ramp: the lag-1 windows have means 1 and 2, not the pooled 1.5, so the SPEC formula
-    # (pooled mean) gives a value different from the Pearson correlation of the windows (= 1).
+    # A linear ramp: the lag-1 windows have means 1 and 2, not the pooled 1.5, so the formula of
+    # docs/physics.md section 3 (pooled mean) gives a value different from the Pearson correlation of the windows (= 1).
     x = np.arange(4.0)
     c = metrics.autocorrelation(x, 1)
     # <x> = 1.5, var = 1.25, <x x_1> = (0 + 2 + 6)/3 = 8/3
@@ -344,7 +344,7 @@ def test_structure_factor_of_a_cosine_mode_peaks_there_with_amplitude_squared_l_
 
 
 def test_structure_factor_at_pi_is_l_times_the_staggered_order_squared():
-    # The q = pi bin is the SPEC order parameter: S(pi) = L phi^2 with phi = (1/L) sum_j (-1)^j x_j.
+    # The q = pi bin is the order parameter of docs/physics.md: S(pi) = L phi^2 with phi = (1/L) sum_j (-1)^j x_j.
     q_field = _rng(20).normal(size=(3, 7, 16))
     s = metrics.structure_factor(q_field)
     assert metrics.wavevectors(16)[-1] == pytest.approx(np.pi)

@@ -243,7 +243,7 @@ def component_errors(pred, truth):
     eye = torch.eye(truth[0].shape[-1], dtype=torch.bool)
     pairs = {
         "rho_diag": (pred[0][..., eye], truth[0][..., eye]),
-        "rho_off": (pred[0][..., ~eye], truth[0][..., ~eye]),
+        "rho_offdiag": (pred[0][..., ~eye], truth[0][..., ~eye]),
         "Q": (pred[1], truth[1]),
         "P": (pred[2], truth[2]),
     }
@@ -280,7 +280,7 @@ def test_reference_model_rollout_stays_on_the_golden_trajectory(pretrained_dir, 
     assert ratio["Q"] < 0.03
     assert ratio["P"] < 0.04
     assert ratio["rho_diag"] < 0.06
-    assert ratio["rho_off"] < 0.6
+    assert ratio["rho_offdiag"] < 0.6
 
 
 # --------------------------------------------------------------------------- our checkpoints
@@ -412,3 +412,23 @@ def test_constrained_increments_keep_rho_hermitian_with_fixed_trace():
         trace = torch.diagonal(out, dim1=-2, dim2=-1).sum(-1).real
         assert (asym < 1e-5) == hermitian
         assert ((trace - L / 2).abs().max().item() < 1e-4) == constrain
+
+
+def test_density_matrix_projection_is_physical_and_idempotent():
+    from holstein_dist.model import project_density_matrix
+
+    gen = torch.Generator().manual_seed(5)
+    L = 8
+    basis = torch.linalg.qr(torch.complex(torch.randn(3, L, L, generator=gen), torch.randn(3, L, L, generator=gen)))[0]
+    occupations = torch.tensor([1.0, 0.9, 0.7, 0.6, 0.4, 0.3, 0.1, 0.0])  # a mixed state with trace 4
+    rho = (basis * occupations.to(basis.dtype)) @ basis.mH
+    torch.testing.assert_close(project_density_matrix(rho), rho, atol=1e-5, rtol=0)  # physical: unchanged
+    noise = torch.complex(torch.randn(3, L, L, generator=gen), torch.randn(3, L, L, generator=gen))
+    noisy = rho + 0.1 * noise
+    out = project_density_matrix(noisy)
+    evals = torch.linalg.eigvalsh(out)
+    assert torch.allclose(out, out.mH, atol=1e-6)
+    assert evals.min() > -1e-5 and evals.max() < 1 + 1e-5
+    torch.testing.assert_close(torch.diagonal(out, dim1=-2, dim2=-1).real.sum(-1), torch.full((3,), 4.0))
+    assert ((out - rho).abs().square().sum() < (noisy - rho).abs().square().sum())  # closer to the truth
+    torch.testing.assert_close(project_density_matrix(out), out, atol=1e-5, rtol=0)

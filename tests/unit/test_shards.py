@@ -15,7 +15,7 @@ import holstein_dist
 from holstein_dist import physics
 from holstein_dist import shards as sh
 from holstein_dist.config import from_dict
-from hpc.files import is_temp_name, publish
+from hpc.files import file_sha256, is_temp_name, publish
 
 L, T = 4, 20  # T intervals: 21 snapshots = 2 time chunks of 17 (exercises the partial last block)
 
@@ -48,11 +48,11 @@ def write_shard(root, cfg, spec) -> dict:
     return dict(sha256=sha, size=size, scales=dict(w.scales.values))
 
 
-def make_dataset(root, cfg) -> dict:
-    manifest = sh.new_manifest(cfg)
+def make_dataset(root, cfg) -> sh.Manifest:
+    manifest = sh.Manifest.new(cfg)
     for spec in sh.plan_shards(cfg):
-        sh.mark_complete(manifest, spec.file, worker="test", **write_shard(root, cfg, spec))
-    sh.write_manifest(root, manifest)
+        manifest.mark_complete(spec.file, worker="test", **write_shard(root, cfg, spec))
+    manifest.save(root)
     return manifest
 
 
@@ -93,7 +93,7 @@ def test_writer_layout_values_and_attrs(tmp_path):
     spec = sh.plan_shards(cfg)[1]
     info = write_shard(tmp_path, cfg, spec)
     path = tmp_path / spec.file
-    assert info["size"] == path.stat().st_size and info["sha256"] == sh.file_sha256(path)
+    assert info["size"] == path.stat().st_size and info["sha256"] == file_sha256(path)
     assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file may remain"
     with h5py.File(path) as f:
         shapes = {k: (f[k].shape, f[k].dtype) for k in f}
@@ -154,11 +154,11 @@ def test_writer_refuses_gaps_and_early_seal(tmp_path):
 
 def test_scales_equal_brute_force_over_train(dataset):
     train = dataset.split("train")
-    data = train.read_many(range(train.n_trajectories), keys=sh.SNAPSHOT_KEYS + sh.MID_KEYS)
+    data = train.read_many(range(train.n_trajectories), keys=physics.STATE_KEYS + sh.MID_KEYS)
     up = {k: v.astype(np.result_type(v, np.float64)) for k, v in data.items()}
     derivative = physics.derivatives(up["rho_mid"], up["Q_mid"], up["P_mid"], g=dataset.g_f)
     expected = {}
-    for key, d in zip(sh.SNAPSHOT_KEYS, derivative):
+    for key, d in zip(physics.STATE_KEYS, derivative):
         expected[key] = np.abs(up[key]).max()
         expected[f"d{key}"] = np.abs(d).max()
         expected[f"delta_{key}"] = np.abs(np.diff(up[key], axis=1)).max()
@@ -169,21 +169,22 @@ def test_scales_equal_brute_force_over_train(dataset):
 
 def test_manifest_tracks_completion(tmp_path):
     cfg = small_config()
-    manifest = sh.new_manifest(cfg)
-    assert manifest["complete"] is False and manifest["scales"] is None
-    assert [e["status"] for e in manifest["shards"]] == ["pending"] * 5
+    manifest = sh.Manifest.new(cfg)
+    assert manifest.complete is False and manifest.scales is None
+    assert [e.status for e in manifest.shards] == ["pending"] * 5
     specs = sh.plan_shards(cfg)
     for spec in specs[:2]:
-        sh.mark_complete(manifest, spec.file, worker="w", **write_shard(tmp_path, cfg, spec))
-    assert manifest["scales"] is None, "scales need every train shard"
-    sh.mark_complete(manifest, specs[2].file, worker="w", **write_shard(tmp_path, cfg, specs[2]))
-    assert manifest["scales"] == sh.reduce_scales(e["scales"] for e in manifest["shards"][:3])
-    assert manifest["complete"] is False
-    sh.write_manifest(tmp_path, manifest)
-    assert sh.read_manifest(tmp_path) == json.loads(json.dumps(manifest))
+        manifest.mark_complete(spec.file, worker="w", **write_shard(tmp_path, cfg, spec))
+    assert manifest.scales is None, "scales need every train shard"
+    manifest.mark_complete(specs[2].file, worker="w", **write_shard(tmp_path, cfg, specs[2]))
+    assert manifest.scales == sh.reduce_scales(e.scales for e in manifest.shards[:3])
+    assert manifest.complete is False
+    manifest.save(tmp_path)
+    assert sh.Manifest.load(tmp_path) == manifest
+    assert json.loads((tmp_path / sh.MANIFEST).read_text()) == json.loads(json.dumps(manifest.to_dict()))
     assert [p.name for p in tmp_path.iterdir() if is_temp_name(p)] == []
-    sh.mark_pending(manifest["shards"][0])
-    assert manifest["shards"][0]["status"] == "pending" and "sha256" not in manifest["shards"][0]
+    manifest.mark_pending(manifest.shards[0].file)
+    assert manifest.shards[0].status == "pending" and "sha256" not in manifest.shards[0].to_dict()
 
 
 @pytest.mark.parametrize("content, match", [
@@ -211,7 +212,7 @@ def test_reader_properties(dataset):
     assert [p.name for p in train.shard_paths] == ["train-00000.h5", "train-00001.h5", "train-00002.h5"]
     assert train.locate(0)[1] == 0 and train.locate(3) == (train.shard_paths[1], 1)
     assert train.locate(4) == (train.shard_paths[2], 0)
-    assert isinstance(dataset.config, sh.DataConfig) and dataset.manifest["complete"]
+    assert isinstance(dataset.config, sh.DataConfig) and dataset.manifest.complete
 
 
 def test_read_window_and_keys(dataset):
@@ -257,7 +258,7 @@ def test_open_dataset_detects_missing_incomplete_and_changed(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         sh.open_dataset(tmp_path / "nope")
     manifest = make_dataset(tmp_path, small_config())
-    path = tmp_path / manifest["shards"][1]["file"]
+    path = tmp_path / manifest.shards[1].file
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, different content: only the sha256 sees it
     path.write_bytes(bytes(data))
@@ -270,9 +271,8 @@ def test_open_dataset_detects_missing_incomplete_and_changed(tmp_path):
     path.unlink()
     with pytest.raises(ValueError, match="is missing"):
         sh.open_dataset(tmp_path)
-    sh.mark_pending(manifest["shards"][1])
-    sh.refresh_summary(manifest)
-    sh.write_manifest(tmp_path, manifest)
+    manifest.mark_pending(manifest.shards[1].file)
+    manifest.save(tmp_path)
     with pytest.raises(ValueError, match="incomplete \\(4 of 5 shards done\\)"):
         sh.open_dataset(tmp_path)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from holstein_dist import train
+from holstein_dist.data import open_data
+from holstein_dist.metrics import RMSE_COMPONENTS
 from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
+from hpc import checkpoint as ckpt
+from hpc import dist
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/train/tiny.yaml")
@@ -123,7 +128,7 @@ def test_tensorboard_tags_config_and_checkpoints(tiny_data, tmp_path):
     tags = set(acc.Tags()["scalars"])
     expected = {"train/loss", "train/grad_norm", "lr", "curriculum/stage", "curriculum/n_step", "curriculum/noise",
                 "perf/samples_per_s", "val/rollout_error"}
-    expected |= {f"train/{c}" for c in train.COMPONENTS} | {f"train/deriv_{c}" for c in train.COMPONENTS}
+    expected |= {f"train/{c}" for c in RMSE_COMPONENTS} | {f"train/deriv_{c}" for c in RMSE_COMPONENTS}
     assert expected <= tags, expected - tags
     assert acc.Tags()["images"] == ["val/cdw_pattern_pred_vs_true"]
     assert [e.value for e in acc.Scalars("curriculum/n_step")][-1] == 2
@@ -138,6 +143,47 @@ def test_bf16_and_gradient_checkpointing_flags_run_on_cpu(tiny_data, tmp_path):
     run_tiny(tiny_data, tmp_path / "run", "model=small", "bf16=true", "grad_checkpoint=true", "max_steps=12")
     losses = [e.value for e in scalars(tmp_path / "run").Scalars("train/loss")]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+class RecordingLog:
+    """Stands in for RunLog: keeps the scalars in memory instead of writing TensorBoard events."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.seen: dict[str, list[tuple[int, float]]] = {}
+        RecordingLog.last = self
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.seen.setdefault(tag, []).append((step, value))
+
+    def hparams(self, *args: object) -> None: ...
+    def figure(self, *args: object) -> None: ...
+    def line(self, *args: object) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def close(self) -> None: ...
+
+
+def test_one_piece_of_the_composition_root_can_be_swapped(tiny_data, tmp_path):
+    """build_parts + dataclasses.replace: the standard run with one piece (here the logger) exchanged."""
+    run_dir = tmp_path / "run"
+    cfg = train.load_train_config(TINY, [f"data={tiny_data}", f"run_dir={run_dir}", "max_steps=4", "log_every=2"])
+    env = dist.init_distributed()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = open_data(tiny_data)
+        parts = dataclasses.replace(train.build_parts(cfg, env, data), make_log=RecordingLog)
+        with ckpt.PreemptionGuard() as guard:
+            result = train.Trainer(cfg, env, data, parts).fit(guard)
+    finally:
+        torch.set_num_threads(threads)
+        dist.shutdown()
+    assert result.status == "finished" and result.step == 4
+    seen = RecordingLog.last.seen
+    assert [step for step, _ in seen["train/rho_offdiag"]] == [2, 4]
+    assert [step for step, _ in seen["val/rollout_error"]] == [4]
+    assert not list(run_dir.glob("events.out.tfevents*"))  # the standard logger was not built
+    assert (run_dir / "checkpoints" / "step-00000004.pt").is_file()  # every other piece was
 
 
 @pytest.mark.parametrize(
