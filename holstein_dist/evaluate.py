@@ -96,6 +96,9 @@ class Options:
     device: Literal["auto", "cpu", "cuda"] = flag_field("where the model runs", "auto")
     batch_size: int = flag_field("rollouts per model batch on each rank", 32)
     bf16: bool = flag_field("run the CNNs under bfloat16 autocast (meant for GPUs)", False)
+    project: bool = flag_field("after every model step, map rho to the nearest physical density matrix (Hermitian, "
+                               "eigenvalues in [0, 1], integer trace): a rollout-time guard, not part of the model",
+                               False)
     truth_only: bool = flag_field("no model: ground-truth statistics and the exact simulator's timing only", False)
     baseline_steps: int | None = flag_field(
         "snapshot intervals the exact simulator is timed for from the same initial states (default: --steps, "
@@ -107,8 +110,8 @@ class Options:
         if not self.truth_only and self.checkpoint is None:
             raise UserError("no model to evaluate; pass --checkpoint PATH (run dir, .pt file or original model "
                             "directory) or --truth-only")
-        if self.truth_only and self.bf16:
-            raise UserError("--bf16 only affects the model; drop it with --truth-only")
+        if self.truth_only and (self.bf16 or self.project):
+            raise UserError("--bf16 and --project only affect the model; drop them with --truth-only")
         for flag, value, least in (("--rollouts", self.rollouts, 1), ("--steps", self.steps, 1),
                                    ("--max-lag", self.max_lag, 0), ("--batch-size", self.batch_size, 1),
                                    ("--baseline-steps", self.baseline_steps, 0)):
@@ -324,13 +327,13 @@ def precision_context(device: torch.device, bf16: bool) -> contextlib.AbstractCo
 
 
 def roll_out(model: Surrogate, initial: Mapping[str, np.ndarray], steps: int, device: torch.device,
-             bf16: bool) -> tuple[tuple[np.ndarray, ...], float]:
+             bf16: bool, project: bool = False) -> tuple[tuple[np.ndarray, ...], float]:
     """Model rollout from ``initial`` (rho [b,L,L], Q, P [b,L]); returns host arrays and compute seconds."""
     state = tuple(torch.from_numpy(np.ascontiguousarray(initial[key])) for key in STATE_KEYS)
     with precision_context(device, bf16):
         _sync(device)
         start = time.perf_counter()
-        pred = model.rollout(*state, steps)
+        pred = model.rollout(*state, steps, project=project)
         _sync(device)
         seconds = time.perf_counter() - start
     return tuple(to_numpy(x) for x in pred), seconds
@@ -357,7 +360,7 @@ def _empty_share(plan: Plan, with_model: bool) -> Share:
 
 
 def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate | None, device: torch.device,
-                   batch_size: int, bf16: bool) -> Share:
+                   batch_size: int, bf16: bool, project: bool = False) -> Share:
     """Read, roll out and reduce this rank's trajectories (``positions`` into ``plan.indices``) in batches."""
     indices = [plan.indices[i] for i in positions]
     if not indices:
@@ -379,7 +382,7 @@ def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate 
         if first_batch_of_all:
             pattern = {"truth": staggered_density(data["rho"][0])}
         if model is not None:
-            pred, seconds = roll_out(model, initial_parts[-1], plan.steps, device, bf16)
+            pred, seconds = roll_out(model, initial_parts[-1], plan.steps, device, bf16, project)
             rollout_seconds += seconds
             model_parts.append(state_series(*pred, plan))
             mode_parts["model"].append(mode_series(pred[0], pred[1]))
@@ -788,14 +791,14 @@ def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any
     if not opts.truth_only:
         model, identities["checkpoint"] = load_surrogate(opts, plan, device)
     share = evaluate_share(split, plan, share_of(len(plan.indices), env.rank, env.world_size), model, device,
-                           opts.batch_size, opts.bf16)
+                           opts.batch_size, opts.bf16, opts.project)
     shares = gather_objects_to_main(share)
     if not env.is_main:
         return None
     merged = merge_shares(shares)
     identities["data"] = data_identity(ds, opts.split, plan)
     settings = {"steps": plan.steps, "max_lag": plan.max_lag, "batch_size": opts.batch_size, "bf16": opts.bf16,
-                "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
+                "project": opts.project, "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
     timing, baseline = timing_report(merged, plan, env.world_size, time.perf_counter() - wall_start, device,
                                      model is not None)
     return write_outputs(build_report(merged, plan, identities, timing, baseline, settings), merged, plan, opts.out)

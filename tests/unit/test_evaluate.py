@@ -200,6 +200,17 @@ def test_bf16_autocast_runs_and_changes_the_rollout(tmp_path: Path, shallow_data
     assert not np.allclose(bf16_rmse[1:], fp32_rmse[1:], rtol=1e-6)  # the autocast did take effect
 
 
+def test_projected_rollouts_stay_physical_and_are_recorded(tmp_path: Path, shallow_data: Path,
+                                                           reference_model: Path) -> None:
+    assert run("--checkpoint", reference_model, "--data", shallow_data, "--out", tmp_path, "--project",
+               "--steps", 20, "--rollouts", 2) == 0
+    report = read_report(tmp_path)
+    assert report["settings"]["project"] is True and report["divergent_fraction"] == 0.0
+    # The particle number is an integer after every projected step: the density's q = 0 mode stays ~0.
+    assert report["structure_factor"]["density"]["model"]["mean"][0] < 1e-8
+    assert np.all(np.asarray(report["rmse_by_step"]["Q"]) < 0.05)
+
+
 def test_a_model_with_constant_output_gets_null_metrics_and_notes(tmp_path: Path, shallow_data: Path) -> None:
     # A fresh SimpleCNN's increment is exactly zero: the rollout stays at its initial state, and one
     # constant series has no defined autocorrelation or spectrum (with more rollouts the pooled mean
