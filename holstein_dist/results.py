@@ -2,18 +2,20 @@
 
     python -m holstein_dist.results table REPORT.json [REPORT.json ...] --names ours original [--steps 100 600 1200]
     python -m holstein_dist.results curve RUN_DIR --out curve.csv
+    python -m holstein_dist.results rollout-curve RUN_DIR --data DIR --split val --steps 1200 --out curve.csv
 
 ``table`` prints a Markdown table with one column per report: RMSE by component at the chosen rollout
 steps, the autocorrelation errors of the charge and lattice order, divergent fraction, Wasserstein
 distances and the structure-factor peak-mode error. Reports must describe the same test set (same
 split hash), otherwise the comparison is refused. ``curve`` reads a run's TensorBoard events and writes
 the validation rollout error against optimizer step and wall-clock training time, so the cost of the
-accuracy is visible.
+accuracy is visible. ``rollout-curve`` evaluates every checkpoint the run kept (``keep`` large) on long
+rollouts of one split (use ``val``: recipes are chosen on validation, the test split is for the final
+table) and tabulates RMSE at chosen steps and the autocorrelation errors against training time.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -23,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hpc.cli import ArgumentParser, report_error
 from hpc.files import atomic_write_text
 
 RMSE_COMPONENTS = ("rho_diag", "rho_offdiag", "Q", "P")
@@ -126,6 +129,33 @@ def training_curve(run_dir: str | Path) -> list[dict[str, float]]:
             for step, (wall, value) in sorted(points.items())]
 
 
+def rollout_curve(run_dir: str | Path, data: str | Path, split: str, steps: int,
+                  at: Sequence[int], work: str | Path) -> list[dict[str, float]]:
+    """Long-rollout errors of every ``step-*.pt`` in ``run_dir/checkpoints`` (see module doc), oldest first."""
+    from holstein_dist import evaluate
+    from holstein_dist.checkpoints import CHECKPOINT_DIR
+    from hpc.checkpoint import list_checkpoints
+
+    minutes = {int(row["step"]): row["minutes"] for row in training_curve(run_dir)}
+    rows = []
+    for step, path in list_checkpoints(Path(run_dir) / CHECKPOINT_DIR):
+        out = Path(work) / f"step-{step}"
+        argv = ["--checkpoint", str(path), "--data", str(data), "--split", split, "--steps", str(steps),
+                "--baseline-steps", "0", "--out", str(out)]
+        if evaluate.main(argv) != 0:
+            raise ValueError(f"evaluating {path} failed (see the error above)")
+        report = read_report(out)
+        row: dict[str, float] = {"step": step, "minutes": minutes.get(step, math.nan)}
+        for k in at:
+            for comp in RMSE_COMPONENTS:
+                row[f"rmse_{comp}_at_{k}"] = report["rmse_by_step"][comp][k]
+        for order in ORDERS:
+            row[f"autocorr_max_abs_error_{order}"] = report["autocorr_max_abs_error"][order]
+        row["divergent_fraction"] = report["divergent_fraction"]
+        rows.append(row)
+    return rows
+
+
 def write_curve(rows: Sequence[Mapping[str, float]], out: str | Path) -> None:
     """CSV with a header; written whole (small)."""
     buf = io.StringIO()
@@ -136,7 +166,7 @@ def write_curve(rows: Sequence[Mapping[str, float]], out: str | Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m holstein_dist.results", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m holstein_dist.results", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     table = sub.add_parser("table", help="Markdown table comparing reports made on the same test set")
     table.add_argument("reports", nargs="+", type=Path, help="report.json files or evaluation directories")
@@ -145,6 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     curve = sub.add_parser("curve", help="validation error vs training step and wall time, as CSV")
     curve.add_argument("run_dir", type=Path)
     curve.add_argument("--out", type=Path, required=True)
+    rollouts = sub.add_parser("rollout-curve", help="long-rollout errors of every kept checkpoint, as CSV")
+    rollouts.add_argument("run_dir", type=Path)
+    rollouts.add_argument("--data", type=Path, required=True)
+    rollouts.add_argument("--split", default="val")
+    rollouts.add_argument("--steps", type=int, default=1200)
+    rollouts.add_argument("--at", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps for RMSE columns")
+    rollouts.add_argument("--work", type=Path, help="where the per-checkpoint reports go (default: beside --out)")
+    rollouts.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "table":
@@ -152,11 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(names) != len(args.reports):
                 raise ValueError(f"--names has {len(names)} names for {len(args.reports)} reports; give one each")
             print(markdown_table([read_report(p) for p in args.reports], names, args.steps))
-        else:
+        elif args.command == "curve":
             write_curve(training_curve(args.run_dir), args.out)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        else:
+            work = args.work or args.out.with_suffix("")
+            write_curve(rollout_curve(args.run_dir, args.data, args.split, args.steps, args.at, work), args.out)
+    except ValueError as exc:  # reports, runs and options are the user's input here
+        return report_error(exc)
     return 0
 
 

@@ -27,4 +27,7 @@ def test_demo_generates_trains_and_evaluates(tmp_path):
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["mode"] == "model" and report["data"]["rollouts"] == 8
     assert (out / "eval" / "autocorr.png").is_file()
+    # The demo's model learns: the README promises an autocorrelation error <= 0.2 for both orders.
+    errors = report["autocorr_max_abs_error"]
+    assert report["divergent_fraction"] == 0.0 and max(errors.values()) <= 0.2, errors
     assert "demo finished" in proc.stdout

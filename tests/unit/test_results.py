@@ -1,0 +1,46 @@
+"""Result tables and training curves from real runs and reports (the README's Results numbers)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from holstein_dist import evaluate, results, train
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "configs/train/tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("results") / "run"
+    assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={run_dir}", "max_steps=20", "keep=5"]) == 0
+    return run_dir
+
+
+def test_curves_follow_the_runs_validation_and_checkpoints(tiny_run, tiny_data, tmp_path):
+    rows = results.training_curve(tiny_run)
+    assert [r["step"] for r in rows] == [10, 20]
+    assert all(r["minutes"] >= 0 and r["val_rollout_error"] > 0 for r in rows)
+    out = tmp_path / "rollouts.csv"
+    assert results.main(["rollout-curve", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",
+                         "--at", "1", "6", "--out", str(out)]) == 0
+    table = list(csv.DictReader(out.open()))
+    assert [int(r["step"]) for r in table] == [10, 20]
+    assert {"rmse_Q_at_1", "rmse_rho_offdiag_at_6", "autocorr_max_abs_error_charge"} <= set(table[0])
+
+
+def test_table_compares_reports_on_one_test_set_only(tiny_run, tiny_data, tmp_path, capsys):
+    for name, steps in (("a", 6), ("b", 6), ("c", 5)):
+        assert evaluate.main(["--checkpoint", str(tiny_run), "--data", str(tiny_data), "--steps", str(steps),
+                              "--baseline-steps", "0", "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert results.main(["table", str(tmp_path / "a"), str(tmp_path / "b"), "--names", "ours", "again",
+                         "--steps", "1", "6"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| metric | ours | again |") and "RMSE rho_offdiag @ step 6" in table
+    assert results.main(["table", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: c was evaluated with other steps") and err.count("\n") == 1
