@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from helpers import dataset_arrays
 
+import holstein_dist
 from holstein_dist import generate, physics
 from holstein_dist import shards as sh
 from holstein_dist.config import load_config
@@ -123,7 +124,7 @@ def test_trajectory_equals_independent_integration(reference):
 def test_schema_manifest_and_invariants(reference):
     ds = sh.open_dataset(reference, verify=True)
     cfg, m = ds.config, ds.manifest
-    assert m.complete and m.seed == cfg.seed == 7 and m.software_version == "0.1.0"
+    assert m.complete and m.seed == cfg.seed == 7 and m.software_version == holstein_dist.__version__
     assert [(e.file, e.traj_start, e.traj_stop) for e in m.shards] == [
         ("shards/train-00000.h5", 0, 2), ("shards/train-00001.h5", 2, 4), ("shards/val-00000.h5", 4, 6),
         ("shards/test-00000.h5", 6, 8)]
@@ -136,7 +137,9 @@ def test_schema_manifest_and_invariants(reference):
             assert f["rho"].shape == (2, 41, 16, 16) and f["rho"].dtype == np.complex64
             assert f["P_mid"].shape == (2, 40, 16) and f["P_mid"].dtype == np.float32
             assert f["rho"].chunks == (1, 17, 16, 16)
-            assert f.attrs["L"] == 16 and f.attrs["g_f"] == 1.0 and f.attrs["software_version"] == "0.1.0"
+            assert f.attrs["L"] == 16 and f.attrs["g_f"] == 1.0
+            assert f.attrs["software_version"] == holstein_dist.__version__
+            assert all(f[key].fletcher32 for key in f)  # every dataset checksummed per chunk
             assert f.attrs["transient_steps"] == 128 and f.attrs["splits.train"] == 4 and "created" in f.attrs
     for name in ds.splits:
         data = ds.split(name).read_many(range(len(ds.split(name))), keys=physics.STATE_KEYS + ("energy", "t0"))
