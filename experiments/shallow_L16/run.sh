@@ -19,6 +19,9 @@ keep_results "$WORK/eval_reference" "$HERE/eval_reference"
 cp "$WORK/eval/report.json" "$HERE/report.json"
 cp "$WORK/eval_reference/report.json" "$HERE/reference_report.json"
 "$PY" -m holstein_dist.results curve "$WORK/run" --out "$HERE/training_curve.csv"
+# Error vs training time on long rollouts of the validation split, one row per kept checkpoint (every 1000 steps).
+"$PY" -m holstein_dist.results rollout-curve "$WORK/run" --data "$WORK/data" --split val --steps 1200 \
+  --work "$WORK/rollout_curve" --out "$HERE/rollout_curve_val.csv"
 "$PY" -m holstein_dist.results table "$HERE/report.json" "$HERE/reference_report.json" --names ours original \
   --steps 1 100 600 1200 | tee "$HERE/results.md"
 write_times "$HERE/wall_times.json"

@@ -343,10 +343,10 @@ def test_interrupt_and_kill_then_resume(many_shards_arrays, tmp_path):
     out = tmp_path / "interrupted"
     args = ("--backend", "serial", *MANY_SHARDS)
 
-    # The run is niced so that on a busy machine this test process, not the generator, gets the CPU first:
-    # otherwise the 3-second run can finish before the Ctrl-C below is sent (seen once in ~40 runs).
+    # A test run started in the background (`cmd &` in a script) inherits SIGINT as ignored, and so would the
+    # generator: give it the default disposition, as a terminal's foreground process has.
     proc = subprocess.Popen(cli(out, *args), stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            preexec_fn=lambda: os.nice(10))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = wait_for_complete_shards(out, 2, proc)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _, err = proc.communicate(timeout=60)
