@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -139,6 +141,36 @@ def compute_shard(task: ShardTask) -> ShardResult:
 
 
 # ----------------------------------------------------------------------------- output directory
+
+
+class _CtrlC:
+    pressed = False
+
+
+@contextlib.contextmanager
+def remembered_ctrl_c() -> Iterator[_CtrlC]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered.
+
+    Python raises KeyboardInterrupt in whatever code runs when the signal arrives; inside a weakref callback
+    or a ``__del__`` (garbage collection during HDF5 or Dask clean-up) it is printed as "Exception ignored"
+    and lost, and the run would go on to the end. The caller checks ``pressed`` after each shard. A SIGINT
+    that this process inherited as ignored (a job started with ``&``) stays ignored.
+    """
+    state = _CtrlC()
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler or threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        state.pressed = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -346,14 +378,17 @@ def execute(plan: PendingWork, root: Path, cfg: DataConfig, fanout: Fanout, task
     tasks = [ShardTask(str(root), cfg, spec) for spec in plan.todo]
     progress = Progress(sum(s.n for s in plan.todo), interactive)
     try:
-        for _, result in fanout.map_unordered(task, tasks):
-            shard = root / result.file
-            publish(shard.with_name(result.tmp), shard)
-            manifest.mark_complete(result.file, sha256=result.sha256, size=result.bytes, scales=result.scales,
-                                   worker=result.worker)
-            manifest.save(root)  # progress survives any interruption from here on
-            summary.add(result)
-            progress.update(result.n)
+        with remembered_ctrl_c() as ctrl_c:
+            for _, result in fanout.map_unordered(task, tasks):
+                shard = root / result.file
+                publish(shard.with_name(result.tmp), shard)
+                manifest.mark_complete(result.file, sha256=result.sha256, size=result.bytes, scales=result.scales,
+                                       worker=result.worker)
+                manifest.save(root)  # progress survives any interruption from here on
+                summary.add(result)
+                progress.update(result.n)
+                if ctrl_c.pressed:  # a Ctrl-C whose KeyboardInterrupt was swallowed (see remembered_ctrl_c)
+                    raise KeyboardInterrupt
     finally:
         progress.close()
     remove_temporaries(root)  # anything left now is from a worker that died and was replaced
