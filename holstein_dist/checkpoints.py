@@ -39,8 +39,6 @@ MODEL_KEYS = ("format", "model_config", "scales", "model", "data_signature")
 """Keys every file of ours has (training checkpoints add optimizer, scheduler, rng, config, step, ...)."""
 TRAINING_KEYS = (*MODEL_KEYS, "optimizer", "scheduler", "step")
 """Keys a checkpoint needs to resume training."""
-SIGNATURE_KEYS = ("L", "snapshot_dt", "protocol", "g_i", "g_f")
-"""What a model records about its training data (``data_signature``)."""
 
 Kind = Literal["ours", "original"]
 

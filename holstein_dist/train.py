@@ -447,7 +447,7 @@ class Trainer:
     def _resume(self) -> int:
         """Step of the newest valid checkpoint (0 for a fresh run), its state loaded. A corrupt or unsafe
         newer file is skipped with a warning (rank 0 renames it ``*.bad``); an older valid one is used."""
-        found = ckpt.load_latest_valid(self.checkpoints.directory, TRAINING_KEYS, rename_bad=self.env.is_main)
+        found = self.checkpoints.load_latest_valid(TRAINING_KEYS, rename_bad=self.env.is_main)
         if found is None:
             return 0
         path, payload = found

@@ -213,6 +213,10 @@ class CheckpointManager:
         """Newest periodic checkpoint, or None for a fresh directory."""
         return latest_checkpoint(self.directory)
 
+    def load_latest_valid(self, required: Iterable[str], rename_bad: bool) -> tuple[Path, dict[str, Any]] | None:
+        """:func:`load_latest_valid` on this manager's directory (what a resume reads)."""
+        return load_latest_valid(self.directory, required, rename_bad)
+
     def update_best(self, metric: float | None) -> bool:
         """Record a validation metric; True if it beats every earlier one (then ``save(..., best=True)``).
 
