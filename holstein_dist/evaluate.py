@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import sys
 import time
@@ -34,6 +35,9 @@ import torch
 from holstein_dist import physics
 from holstein_dist.checkpoints import load_model, recorded_signature, resolve
 from holstein_dist.config import from_dict, layered
+from holstein_dist.ensemble import is_ensemble
+from holstein_dist.evaluate_ensemble import Ensemble, EnsembleShare, ensemble_metrics, load_ensemble
+from holstein_dist.evaluate_ensemble import summary_lines as ensemble_summary_lines
 from holstein_dist.metrics import (
     RMSE_COMPONENTS,
     autocorrelation,
@@ -100,6 +104,10 @@ class Options:
                                "eigenvalues in [0, 1], integer trace): a rollout-time guard, not part of the model",
                                False)
     truth_only: bool = flag_field("no model: ground-truth statistics and the exact simulator's timing only", False)
+    spread_scale: float = flag_field("ensembles: multiply the members' spread by this (a temperature fitted on "
+                                     "validation: the report's fitted_spread_scale)", 1.0)
+    trust_fraction: float = flag_field("ensembles: the trust-horizon threshold as a fraction of each component's "
+                                       "climatological std", 0.5)
     baseline_steps: int | None = flag_field(
         "snapshot intervals the exact simulator is timed for from the same initial states (default: --steps, "
         "i.e. the same rollouts; less to save time on big runs, 0 to skip)", None)
@@ -110,6 +118,8 @@ class Options:
         if not self.truth_only and self.checkpoint is None:
             raise UserError("no model to evaluate; pass --checkpoint PATH (run dir, .pt file or original model "
                             "directory) or --truth-only")
+        if self.spread_scale <= 0 or self.trust_fraction <= 0:
+            raise UserError("--spread-scale and --trust-fraction must be > 0; pass e.g. --spread-scale 1.0")
         if self.truth_only and (self.bf16 or self.project):
             raise UserError("--bf16 and --project only affect the model; drop them with --truth-only")
         for flag, value, least in (("--rollouts", self.rollouts, 1), ("--steps", self.steps, 1),
@@ -270,6 +280,9 @@ class Share:
     # against the L^2 of rho; float32 because the metrics average or correlate them, never difference them.
     # None (a share built without them, e.g. a benchmark's synthetic one): no structure_factor section.
     modes: dict[str, dict[str, np.ndarray]] | None = None
+    # An ensemble's member series, member error sums and calibration sums (evaluate_ensemble.EnsembleShare);
+    # the fields above then describe the ensemble mean.
+    ensemble: Any = None
 
 
 def state_series(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, plan: Plan) -> dict[str, np.ndarray]:
@@ -359,15 +372,20 @@ def _empty_share(plan: Plan, with_model: bool) -> Share:
     )
 
 
-def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate | None, device: torch.device,
-                   batch_size: int, bf16: bool, project: bool = False) -> Share:
-    """Read, roll out and reduce this rank's trajectories (``positions`` into ``plan.indices``) in batches."""
+def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate | Ensemble | None,
+                   device: torch.device, batch_size: int, bf16: bool, project: bool = False) -> Share:
+    """Read, roll out and reduce this rank's trajectories (``positions`` into ``plan.indices``) in batches.
+
+    For an ensemble the model rollout is the ensemble mean, and the members' reductions go to ``ensemble``.
+    """
     indices = [plan.indices[i] for i in positions]
     if not indices:
         return _empty_share(plan, model is not None)
+    ensemble_parts = []
     if model is not None:
         first = split.read_many(indices[:1], 0, 1)
-        roll_out(model, {k: v[:, 0] for k, v in first.items()}, 1, device, bf16)  # warm-up, untimed
+        for member in model.models if isinstance(model, Ensemble) else [model]:  # warm-up, untimed
+            roll_out(member, {k: v[:, 0] for k, v in first.items()}, 1, device, bf16)
     truth_parts, model_parts, error_parts, initial_parts, landing = [], [], [], [], []
     mode_parts: dict[str, list[dict[str, np.ndarray]]] = {"truth": [], "model": []}
     pattern, rollout_seconds = None, 0.0
@@ -381,8 +399,14 @@ def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate 
         first_batch_of_all = start == 0 and positions.start == 0
         if first_batch_of_all:
             pattern = {"truth": staggered_density(data["rho"][0])}
-        if model is not None:
+        if isinstance(model, Ensemble):
+            pred, members, seconds = model.roll_out(roll_out, initial_parts[-1], plan.steps, device, bf16, project)
+            ensemble_parts.append(model.reduce(members, truth, functools.partial(state_series, plan=plan),
+                                               squared_error_sums))
+            del members
+        elif model is not None:
             pred, seconds = roll_out(model, initial_parts[-1], plan.steps, device, bf16, project)
+        if model is not None:
             rollout_seconds += seconds
             model_parts.append(state_series(*pred, plan))
             mode_parts["model"].append(mode_series(pred[0], pred[1]))
@@ -398,6 +422,7 @@ def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate 
         modes={kind: _concat(parts) for kind, parts in mode_parts.items() if parts},
         rollout_seconds=rollout_seconds,
         baseline=time_exact_simulator(_concat(initial_parts), plan, _concat(landing)["Q"]),
+        ensemble=EnsembleShare.merge(ensemble_parts) if ensemble_parts else None,
     )
 
 
@@ -457,6 +482,8 @@ def merge_shares(shares: Sequence[Share]) -> Share:
         else {kind: _concat([s.modes[kind] for s in shares]) for kind in shares[0].modes},
         rollout_seconds=max(s.rollout_seconds for s in shares),
         baseline=baseline,
+        ensemble=EnsembleShare.merge(parts) if (parts := [s.ensemble for s in shares if s.ensemble is not None])
+        else None,
     )
 
 
@@ -646,7 +673,14 @@ def build_report(merged: Share, plan: Plan, identities: Mapping[str, Any], timin
         truth,
     ]
     if with_model:
-        parts.append(model_metrics(merged, plan, {key: c["truth"] for key, c in truth["autocorr"].items()}))
+        truth_autocorr = {key: c["truth"] for key, c in truth["autocorr"].items()}
+        model_part = model_metrics(merged, plan, truth_autocorr)
+        parts.append(model_part)
+        if merged.ensemble is not None:
+            members = [Path(m["weights_file"]) for m in identities["checkpoint"]["members"]]
+            parts.append(ensemble_metrics(merged.ensemble, model_part["rmse_by_step"], merged.truth, truth_autocorr,
+                                          model_part["autocorr_max_abs_error"], len(plan.indices), plan.L,
+                                          plan.max_lag, DIVERGENCE_FACTOR, settings["trust_fraction"], members))
     structure = None
     if merged.modes is not None:
         structure = structure_factor_metrics(merged, plan, climate_mask(merged) if with_model else None)
@@ -751,6 +785,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                      f"{_fmt(acf['charge']['truth'][-1])}, lattice {_fmt(acf['lattice']['truth'][-1])}; energy "
                      f"drift (integrator) {_fmt(report['energy_drift']['truth_integrator']['max_abs'])}")
     lines += structure_factor_lines(report)
+    lines += ensemble_summary_lines(report)
     lines += [f"  WARNING: {warning}" for warning in report.get("warnings", [])]
     speed = f"  exact simulator {_fmt(base.get('rollout_steps_per_s'))} rollout-steps/s"
     if "rollout_steps_per_s" in timing:
@@ -776,7 +811,12 @@ def open_inputs(opts: Options) -> tuple[Dataset, Split, Plan]:
     return ds, split, make_plan(opts, ds, split)
 
 
-def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Surrogate, dict[str, Any]]:
+def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Surrogate | Ensemble, dict[str, Any]]:
+    """The model (or the ensemble of an ensemble directory) and its identity, checked against the data."""
+    if is_ensemble(opts.checkpoint):
+        ensemble, identity = load_ensemble(opts.checkpoint, device, opts.spread_scale, checkpoint_identity)
+        check_model_fits_data(identity, plan, opts.data)
+        return ensemble, identity
     model = load_model(opts.checkpoint, device=device)
     identity = checkpoint_identity(opts.checkpoint, model)
     check_model_fits_data(identity, plan, opts.data)
@@ -799,6 +839,8 @@ def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any
     identities["data"] = data_identity(ds, opts.split, plan)
     settings = {"steps": plan.steps, "max_lag": plan.max_lag, "batch_size": opts.batch_size, "bf16": opts.bf16,
                 "project": opts.project, "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
+    if isinstance(model, Ensemble):
+        settings.update(spread_scale=opts.spread_scale, trust_fraction=opts.trust_fraction)
     timing, baseline = timing_report(merged, plan, env.world_size, time.perf_counter() - wall_start, device,
                                      model is not None)
     return write_outputs(build_report(merged, plan, identities, timing, baseline, settings), merged, plan, opts.out)

@@ -161,6 +161,10 @@ def build_figures(data: PlotData) -> dict[str, Figure]:
         figures["spacetime"] = spacetime_figure(data)
     if "structure_factor" in data.report:
         figures["structure_factor"] = structure_factor_figure(data)
+    if "ensemble" in data.report:  # spread vs error by step, reliability diagram
+        from holstein_dist.calibration import calibration_figures
+
+        figures.update(calibration_figures(data.report["ensemble"]["calibration"], data.snapshot_dt))
     return figures
 
 

@@ -54,6 +54,7 @@ from holstein_dist.data import (
     stack_windows,
     validation_indices,
 )
+from holstein_dist.ensemble import EnsembleConfig, EnsembleResult, train_members, train_parallel
 from holstein_dist.metrics import RMSE_COMPONENTS, component_entries
 from holstein_dist.model import ModelConfig, State, Surrogate, build_model
 from holstein_dist.physics import STATE_KEYS, staggered_density
@@ -140,6 +141,8 @@ class TrainConfig:
     """torch intra-op threads per rank (0: torch's default)."""
     max_steps: int = 0
     """Stop after this global step (0: run the whole curriculum); a later run with a larger value resumes."""
+    ensemble: EnsembleConfig = dataclasses.field(default_factory=EnsembleConfig)
+    """``ensemble.members=K`` (K > 1) trains K members differing by seed under ``run_dir`` (holstein_dist.ensemble)."""
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "val_every", "val_n_step", "ckpt_every", "keep", "log_every")
@@ -705,21 +708,37 @@ def lock_run_dir(cfg: TrainConfig, env: dist.DistEnv) -> DirectoryLock | None:
     return lock
 
 
-def run(argv: Sequence[str] | None = None) -> RunResult:
-    """Set up (distributed when launched so), train, leave the process group. Bad input: UserError."""
+def train_in(cfg: TrainConfig, env: dist.DistEnv, data: shards.Dataset, guard: ckpt.PreemptionGuard) -> RunResult:
+    """One run in ``cfg.run_dir`` (locked meanwhile): build the trainer (it resumes), train."""
+    lock = None
+    try:
+        lock = lock_run_dir(cfg, env)
+        with bad_input():  # incompatible checkpoint, model/data mismatch
+            trainer = build_trainer(cfg, env, data)
+        return trainer.fit(guard)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run(argv: Sequence[str] | None = None) -> RunResult | EnsembleResult:
+    """Set up (distributed when launched so), train one run or the ensemble's members, leave the process group.
+    Bad input: UserError."""
     cfg, data = setup(argv)
+    if cfg.ensemble.members > 1 and cfg.ensemble.parallel > 1 and cfg.ensemble.member is None:
+        if dist.launched_world_size() > 1:
+            raise UserError("ensemble.parallel > 1 starts its own processes; launch it as one process, not under "
+                            "torchrun/srun with several tasks (or drop ensemble.parallel)")
+        return train_parallel(cfg, config_io.to_dict(cfg), sys.argv[1:] if argv is None else list(argv))
     # Signals are caught from here on: a Slurm warning during start-up still ends in a checkpoint.
     with ckpt.PreemptionGuard() as guard:
         env = dist.init_distributed()
-        lock = None
         try:
-            lock = lock_run_dir(cfg, env)
-            with bad_input():  # incompatible checkpoint, model/data mismatch
-                trainer = build_trainer(cfg, env, data)
-            return trainer.fit(guard)
+            if cfg.ensemble.members > 1:
+                return train_members(cfg, config_io.to_dict(cfg), lambda member: train_in(member, env, data, guard),
+                                     env.is_main)
+            return train_in(cfg, env, data, guard)
         finally:
-            if lock is not None:
-                lock.release()
             dist.shutdown()
 
 

@@ -79,6 +79,16 @@ def _in_local_submitit_job() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "local" and _int_env("SUBMITIT_LOCAL_NTASKS", 1) > 1
 
 
+def launched_world_size() -> int:
+    """The number of ranks this process was launched among (torchrun's WORLD_SIZE or the Slurm step's tasks),
+    read before any process group exists."""
+    if "WORLD_SIZE" in os.environ:
+        return _int_env("WORLD_SIZE", 1)
+    if _in_slurm_step():
+        return _int_env("SLURM_STEP_NUM_TASKS", _int_env("SLURM_NTASKS", 1))
+    return 1
+
+
 def _first_host(nodelist: str) -> str:
     """First hostname of a Slurm node list such as ``gpu[003-004,010]`` (scontrol knows the syntax)."""
     try:

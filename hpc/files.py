@@ -162,6 +162,22 @@ class DirectoryLock:
         self.release()
 
 
+def lock_is_held(directory: str | Path) -> bool:
+    """Whether a live process holds ``<directory>/.lock`` now (a probe: takes and drops the flock at once)."""
+    path = Path(directory) / LOCK_NAME
+    if not path.is_file():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False  # no flock here: nobody can be seen holding it
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def check_output_dir(path: str | Path, what: str) -> Path:
     """Refuse an output location that is a file or cannot be created/written, before any work is done.
 

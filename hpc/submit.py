@@ -3,6 +3,8 @@
     python -m hpc.submit train --config configs/train/deep_quench.yaml \\
         --nodes 2 --gpus-per-node 4 --tasks-per-node 4 --partition gpu --timeout-min 1440 \\
         data=/scratch/deep_L32 run_dir=/scratch/runs/deep
+    python -m hpc.submit ensemble --members 5 --config configs/train/deep_quench.yaml --gpus-per-node 1 \\
+        data=/scratch/deep_L32 run_dir=/scratch/runs/deep_ensemble      # one job array, one member per task
 
 Every task of the job runs the command's ``run(argv)`` (``holstein_dist.train:run`` for ``train``), which
 sets up torch.distributed from the job's environment (``hpc.dist``). Preemption and time limits:
@@ -21,6 +23,7 @@ This module knows nothing about physics; commands are named by ``module:function
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import subprocess
@@ -34,8 +37,9 @@ import submitit
 
 from hpc.cli import ArgumentParser, UserError, report_error
 
-COMMANDS = {"train": "holstein_dist.train:run"}
-"""Sub-command -> ``module:function`` run in every task with the remaining KEY=VALUE arguments."""
+COMMANDS = {"train": "holstein_dist.train:run", "ensemble": "holstein_dist.train:run"}
+"""Sub-command -> ``module:function`` run in every task with the remaining KEY=VALUE arguments. ``ensemble``
+submits one job array: array task i runs the command with ``ensemble.members=K ensemble.member=i``."""
 
 FINISHED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT")
 """Slurm states after which a job does not run again by itself."""
@@ -72,6 +76,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("command", choices=sorted(COMMANDS), help="what to run in the job")
     parser.add_argument("--config", required=True, help="the command's config YAML (path as seen from the job)")
+    parser.add_argument("--members", type=int, default=None,
+                        help="ensemble: members K, one array task each (required for ensemble)")
+    parser.add_argument("--array-parallelism", type=int, default=None,
+                        help="ensemble: array tasks running at once (default: Slurm's, i.e. as many as fit)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
     parser.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; 0 for CPU-only (default 0)")
     parser.add_argument("--tasks-per-node", type=int, default=None,
@@ -97,6 +105,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.gpus_per_node < 0 or (args.tasks_per_node is not None and args.tasks_per_node < 1):
         parser.error("--gpus-per-node must be >= 0 and --tasks-per-node >= 1")
+    if args.command == "ensemble" and (args.members is None or args.members < 2):
+        parser.error("ensemble needs --members K with K >= 2 (one Slurm array task per member)")
+    if args.command != "ensemble" and (args.members is not None or args.array_parallelism is not None):
+        parser.error("--members and --array-parallelism belong to the ensemble command; use `hpc.submit ensemble`")
     if not Path(args.config).is_file():
         parser.error(f"config file {args.config!r} does not exist; pass a path under configs/")
     return args
@@ -123,6 +135,8 @@ def make_executor(args: argparse.Namespace) -> submitit.AutoExecutor:
         "slurm_partition": args.partition,
         "slurm_account": args.account,
     }
+    if args.array_parallelism is not None:
+        optional["slurm_array_parallelism"] = args.array_parallelism
     params.update({k: v for k, v in optional.items() if v is not None})
     if executor.cluster != "slurm":
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
@@ -196,6 +210,24 @@ def wait(job: submitit.Job, poll_s: float) -> int:
     return 0
 
 
+def task_argvs(args: argparse.Namespace) -> list[list[str]]:
+    """The command line of each job: one for ``train``, one per member for ``ensemble``."""
+    base = ["--config", args.config, *args.overrides]
+    if args.command != "ensemble":
+        return [base]
+    return [[*base, f"ensemble.members={args.members}", f"ensemble.member={i}"] for i in range(args.members)]
+
+
+def submit(executor: submitit.AutoExecutor, args: argparse.Namespace) -> list[submitit.Job]:
+    """Submit the jobs; several (an ensemble) go in as ONE Slurm job array (``executor.batch``)."""
+    argvs = task_argvs(args)
+    jobs = []
+    with executor.batch() if len(argvs) > 1 else contextlib.nullcontext():
+        for argv in argvs:
+            jobs.append(executor.submit(ModuleJob(COMMANDS[args.command], argv)))
+    return jobs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Thin CLI: build the executor, submit, then wait and report (unless --no-wait); bad input: exit 2."""
     try:
@@ -203,12 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         return report_error(exc)
     executor = make_executor(args)
-    job = executor.submit(ModuleJob(COMMANDS[args.command], ["--config", args.config, *args.overrides]))
-    print(f"submitted {args.command} job {job.job_id} ({executor.cluster}); log: {job.task(0).paths.stdout}",
-          flush=True)
+    jobs = submit(executor, args)
+    for job in jobs:
+        print(f"submitted {args.command} job {job.job_id} ({executor.cluster}); log: {job.task(0).paths.stdout}",
+              flush=True)
     if args.no_wait:
         return 0
-    return wait(job, args.poll_s)
+    # Each array task is waited on in turn; the exit status is the worst of them.
+    return max(wait(job, args.poll_s) for job in jobs)
 
 
 if __name__ == "__main__":
