@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import select
 import subprocess
@@ -172,3 +173,40 @@ def test_submitit_cancelled_job_is_reported_not_awaited(slurm_jobs, job_env, tin
     assert proc.returncode != 0, rest
     assert lines and "cancel" in lines[-1].lower(), f"last line does not say cancelled: {rest}"
     assert waited < 60, f"hpc.submit took {waited:.0f} s to notice the cancellation"
+
+
+def assert_finished_ensemble(run_dir: Path, members: int) -> dict:
+    manifest = json.loads((run_dir / "ensemble.json").read_text())
+    assert [(m["name"], m["state"], m["step"]) for m in manifest["members"]] == [
+        (f"member-{i:02d}", "finished", TINY_STEPS) for i in range(members)]
+    for i in range(members):
+        assert load(run_dir / f"member-{i:02d}" / "checkpoints" / "best.pt")["config"]["seed"] == i
+    return manifest
+
+
+def test_submitit_ensemble_is_one_job_array(job_env, tiny_data, tmp_path):
+    """`python -m hpc.submit ensemble --members 2`: one array job, task i trains member i."""
+    run_dir = tmp_path / "ens"
+    argv = [sys.executable, "-m", "hpc.submit", "ensemble", "--members", "2", "--config", str(TINY),
+            "--cpus-per-task", "1", "--timeout-min", "5", "--folder", str(tmp_path / "submitit"), "--poll-s", "1",
+            f"data={tiny_data}", f"run_dir={run_dir}"]
+    done = subprocess.run(argv, env=job_env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    jobs = re.findall(r"submitted ensemble job (\d+)_(\d+) \(slurm\)", output)
+    assert len(jobs) == 2 and jobs[0][0] == jobs[1][0] and sorted(t for _, t in jobs) == ["0", "1"], output
+    manifest = assert_finished_ensemble(run_dir, 2)
+    assert sorted(m["job"] for m in manifest["members"]) == [f"{jobs[0][0]}_0", f"{jobs[0][0]}_1"]
+
+
+def test_train_ensemble_sh_array_of_two(slurm_scripts, tiny_data, tmp_path):
+    """`sbatch --array=0-1 slurm/train_ensemble.sh CONFIG ... ensemble.members=2`."""
+    run_dir = tmp_path / "ens"
+    job = slurm_scripts.submit(REPO / "slurm" / "train_ensemble.sh", str(TINY), f"data={tiny_data}",
+                               f"run_dir={run_dir}", "ensemble.members=2",
+                               sbatch_args=("--array=0-1", "--ntasks-per-node=1", "--gpus-per-node=0",
+                                            "--cpus-per-task=1", "--time=5"))
+    for task in ("0", "1"):
+        assert slurm_scripts.wait_finished(f"{job}_{task}", timeout=150) == "COMPLETED"
+    manifest = assert_finished_ensemble(run_dir, 2)
+    assert sorted(m["job"] for m in manifest["members"]) == [f"{job}_0", f"{job}_1"]

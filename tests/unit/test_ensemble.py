@@ -91,3 +91,12 @@ def test_bad_ensemble_settings_are_one_line_errors(tmp_path, overrides, needle):
 def test_status_cli_on_a_directory_without_manifest(tmp_path, capsys):
     assert ensemble.main(["status", str(tmp_path)]) == 2
     assert "cannot read the ensemble manifest" in capsys.readouterr().err
+
+
+def test_submit_ensemble_needs_members(capsys):
+    from hpc import submit
+
+    assert submit.main(["ensemble", "--config", str(TINY)]) == 2
+    assert "ensemble needs --members K with K >= 2" in capsys.readouterr().err
+    assert submit.main(["train", "--config", str(TINY), "--members", "3"]) == 2
+    assert "belong to the ensemble command" in capsys.readouterr().err
