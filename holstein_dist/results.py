@@ -2,7 +2,8 @@
 
     python -m holstein_dist.results table REPORT.json [REPORT.json ...] --names ours original [--steps 100 600 1200]
     python -m holstein_dist.results curve RUN_DIR --out curve.csv
-    python -m holstein_dist.results rollout-curve RUN_DIR --data DIR --split val --steps 1200 --out curve.csv
+    python -m holstein_dist.results rollout-curve RUN_DIR --data DIR --split val --steps 1200 --out curve.csv \\
+        [--export model.pt]
 
 ``table`` prints a Markdown table with one column per report: RMSE by component at the chosen rollout
 steps, the autocorrelation errors of the charge and lattice order, divergent fraction, Wasserstein
@@ -152,8 +153,29 @@ def rollout_curve(run_dir: str | Path, data: str | Path, split: str, steps: int,
         for order in ORDERS:
             row[f"autocorr_max_abs_error_{order}"] = report["autocorr_max_abs_error"][order]
         row["divergent_fraction"] = report["divergent_fraction"]
+        row["score"] = long_rollout_score(report, at)
         rows.append(row)
     return rows
+
+
+def long_rollout_score(report: Mapping[str, Any], at: Sequence[int]) -> float:
+    """Mean over the four components and the steps ``at`` of log10 RMSE: lower is better.
+
+    Scale-free (rho, Q and P errors differ by orders of magnitude; a log mean weighs a halving of any of them
+    alike) and long-horizon (the steps are far beyond the training unroll), so it selects checkpoints for
+    what the short validation rollout during training does not see. Any diverged rollout scores +inf.
+    """
+    if report["divergent_fraction"] > 0:
+        return math.inf
+    logs = [math.log10(max(report["rmse_by_step"][comp][k], 1e-30)) for comp in RMSE_COMPONENTS for k in at]
+    return sum(logs) / len(logs)
+
+
+def best_row(rows: Sequence[Mapping[str, float]]) -> Mapping[str, float]:
+    """The checkpoint with the lowest long-rollout score (the earliest of equals)."""
+    if not rows:
+        raise ValueError("the run kept no step-*.pt checkpoints; train with keep large enough to keep them")
+    return min(rows, key=lambda row: (row["score"], row["step"]))
 
 
 def write_curve(rows: Sequence[Mapping[str, float]], out: str | Path) -> None:
@@ -183,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rollouts.add_argument("--at", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps for RMSE columns")
     rollouts.add_argument("--work", type=Path, help="where the per-checkpoint reports go (default: beside --out)")
     rollouts.add_argument("--out", type=Path, required=True)
+    rollouts.add_argument("--export", type=Path,
+                          help="also export the checkpoint with the lowest long-rollout score as this model file")
     args = parser.parse_args(argv)
     try:
         if args.command == "table":
@@ -194,7 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_curve(training_curve(args.run_dir), args.out)
         else:
             work = args.work or args.out.with_suffix("")
-            write_curve(rollout_curve(args.run_dir, args.data, args.split, args.steps, args.at, work), args.out)
+            rows = rollout_curve(args.run_dir, args.data, args.split, args.steps, args.at, work)
+            write_curve(rows, args.out)
+            best = best_row(rows)
+            print(f"lowest long-rollout score on {args.split}: step {int(best['step'])} (score {best['score']:.3f})")
+            if args.export is not None:
+                from holstein_dist.checkpoints import CHECKPOINT_DIR, export_model
+                from hpc.checkpoint import list_checkpoints
+
+                path = dict(list_checkpoints(args.run_dir / CHECKPOINT_DIR))[int(best["step"])]
+                export_model(path, args.export)
+                print(f"exported {path} -> {args.export}")
     except ValueError as exc:  # reports, runs and options are the user's input here
         return report_error(exc)
     return 0

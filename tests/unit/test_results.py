@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from holstein_dist import evaluate, results, train
+from holstein_dist.checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/train/tiny.yaml")
@@ -25,11 +28,19 @@ def test_curves_follow_the_runs_validation_and_checkpoints(tiny_run, tiny_data, 
     assert [r["step"] for r in rows] == [10, 20]
     assert all(r["minutes"] >= 0 and r["val_rollout_error"] > 0 for r in rows)
     out = tmp_path / "rollouts.csv"
+    model = tmp_path / "chosen.pt"
     assert results.main(["rollout-curve", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",
-                         "--at", "1", "6", "--out", str(out)]) == 0
+                         "--at", "1", "6", "--out", str(out), "--export", str(model)]) == 0
     table = list(csv.DictReader(out.open()))
     assert [int(r["step"]) for r in table] == [10, 20]
-    assert {"rmse_Q_at_1", "rmse_rho_offdiag_at_6", "autocorr_max_abs_error_charge"} <= set(table[0])
+    assert {"rmse_Q_at_1", "rmse_rho_offdiag_at_6", "autocorr_max_abs_error_charge", "score"} <= set(table[0])
+    # The exported model is the lowest-scoring checkpoint's: same weights, and the score is the log-mean RMSE.
+    best = min(table, key=lambda r: float(r["score"]))
+    chosen = load_model(model)
+    kept = load_model(tiny_run / "checkpoints" / f"step-{int(best['step']):08d}.pt")
+    assert all(torch.equal(a, b) for a, b in zip(chosen.state_dict().values(), kept.state_dict().values()))
+    logs = [math.log10(float(best[f"rmse_{c}_at_{k}"])) for c in results.RMSE_COMPONENTS for k in (1, 6)]
+    assert float(best["score"]) == pytest.approx(sum(logs) / len(logs))
 
 
 def test_table_compares_reports_on_one_test_set_only(tiny_run, tiny_data, tmp_path, capsys):
