@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc.cli import ArgumentParser, UserError, report_error
-from hpc.files import lock_is_held, utc_now, write_json_atomic
+from hpc.files import LockHeld, lock_is_held, utc_now, write_json_atomic
 
 MANIFEST_NAME = "ensemble.json"
 FORMAT = "holstein-dist-ensemble/1"
@@ -233,6 +233,8 @@ def train_members(cfg: Any, config_dict: dict[str, Any], train_one: Callable[[An
             set_member_state(cfg.run_dir, index, "running", **({"job": job_id} if job_id else {}))
         try:
             result = train_one(member)
+        except LockHeld:
+            raise  # another process trains this member right now: its state is that process's to record
         except BaseException as exc:
             if is_main:
                 first = (str(exc).strip().splitlines() or [""])[0]

@@ -704,7 +704,7 @@ def lock_run_dir(cfg: TrainConfig, env: dist.DistEnv) -> DirectoryLock | None:
             lock, refusal = None, str(exc).replace("is in use", "(run_dir) is in use")
     refusal = dist.broadcast_object(refusal)
     if refusal is not None:
-        raise UserError(refusal)
+        raise LockHeld(refusal)
     return lock
 
 

@@ -100,3 +100,14 @@ def test_submit_ensemble_needs_members(capsys):
     assert "ensemble needs --members K with K >= 2" in capsys.readouterr().err
     assert submit.main(["train", "--config", str(TINY), "--members", "3"]) == 2
     assert "belong to the ensemble command" in capsys.readouterr().err
+
+
+def test_a_member_trained_elsewhere_is_refused_and_left_alone(tiny_data, tmp_path, capsys):
+    from holstein_dist import train
+
+    root = tmp_path / "ens"
+    argv = ["--config", str(TINY), f"data={tiny_data}", f"run_dir={root}", "ensemble.members=2", "ensemble.member=1"]
+    with DirectoryLock(ensemble.member_dir(root, 1)):  # as a second process training member 1 would hold it
+        assert train.main(argv) == 2
+    assert "member-01 (run_dir) is in use by another process" in capsys.readouterr().err
+    assert [m["state"] for m in ensemble.member_status(root)] == ["pending", "stopped"]  # not "failed"
