@@ -163,8 +163,19 @@ def ensemble_metrics(share: EnsembleShare, ensemble_rmse: Mapping[str, np.ndarra
         "ensemble_mean_below_average_member": below,
         "autocorr_max_abs_error": {"ensemble_mean": dict(ensemble_autocorr_error), "average_member": average_autocorr},
         "members": members,
-        "calibration": calibration.summarize(share.calibration, trust_fraction=trust_fraction),
+        "calibration": calibration_summary(share.calibration, trust_fraction),
     }}
+
+
+def calibration_summary(sums: calibration.CalibrationSums, trust_fraction: float) -> dict[str, Any]:
+    """``calibration.summarize`` plus ONE spread scale for all components (``--spread-scale`` takes one): the
+    geometric mean of the components' fitted scales, the middle ground between the most under- and the most
+    over-dispersed component (null when no component has one)."""
+    summary = calibration.summarize(sums, trust_fraction=trust_fraction)
+    fitted = [c["fitted_spread_scale"] for c in summary["components"].values()]
+    fitted = [f for f in fitted if f is not None and np.isfinite(f) and f > 0]
+    summary["fitted_spread_scale"] = float(np.exp(np.mean(np.log(fitted)))) if fitted else None
+    return summary
 
 
 def _mean_or_none(values: Sequence[float | None]) -> float | None:

@@ -2,6 +2,7 @@
 
     python -m holstein_dist.results table REPORT.json [REPORT.json ...] --names ours original [--steps 100 600 1200]
     python -m holstein_dist.results curve RUN_DIR --out curve.csv
+    python -m holstein_dist.results ensemble REPORT.json [--steps 1 100 600 1200]
     python -m holstein_dist.results rollout-curve RUN_DIR --data DIR --split val --steps 1200 --out curve.csv \\
         [--export model.pt]
 
@@ -101,6 +102,41 @@ def markdown_table(reports: Sequence[Mapping[str, Any]], names: Sequence[str], s
     return "\n".join(lines)
 
 
+def ensemble_table(report: Mapping[str, Any], steps: Sequence[int]) -> str:
+    """Markdown table of an ensemble report: the mean against the average member, then the calibration."""
+    section = report.get("ensemble")
+    if section is None:
+        raise ValueError("this report has no ensemble section; evaluate an ensemble directory (--checkpoint ENS)")
+    rmse, cal = section["rmse_by_step"], section["calibration"]
+    lines = ["| metric | ensemble mean | average member |", "|---|---|---|"]
+    for step in steps:
+        for comp in RMSE_COMPONENTS:
+            if step < len(rmse["ensemble_mean"][comp]):
+                lines.append(f"| RMSE {comp} @ step {step} | {_fmt(rmse['ensemble_mean'][comp][step])} | "
+                             f"{_fmt(rmse['average_member'][comp][step])} |")
+    for order in ORDERS:
+        lines.append(f"| autocorr max abs error, {order} | "
+                     f"{_fmt(section['autocorr_max_abs_error']['ensemble_mean'][order])} | "
+                     f"{_fmt(section['autocorr_max_abs_error']['average_member'][order])} |")
+    diverged = [m["divergent_fraction"] for m in section["members"]]
+    lines.append(f"| divergent fraction | {_fmt(report['divergent_fraction'])} | "
+                 f"{_fmt(sum(diverged) / len(diverged))} |")
+    lines += ["", f"Calibration (K = {cal['K']}, spread scale {cal['spread_scale']:.3g}, one scale fitted for all "
+              f"components {_fmt(cal.get('fitted_spread_scale'))}; a perfect {cal['K']}-member ensemble covers less "
+              "than 68 / 95 %, see docs/ensembles.md):", "",
+              "| component | mean < avg member (steps) | horizon | cover 1 sigma | cover 2 sigma | spread/skill | "
+              "spread-skill corr | fitted scale | trust horizon (median) | error crossing (median) | "
+              "trust-error corr | warned in time |", "|---|" + "---|" * 11]
+    for comp in RMSE_COMPONENTS:
+        c, below = cal["components"][comp], section["ensemble_mean_below_average_member"][comp]
+        t = c["trust"]
+        cells = [below["fraction_of_steps"], c["horizon"], c["coverage_1sigma"], c["coverage_2sigma"],
+                 c["spread_skill_ratio"], c["spread_skill_correlation"], c["fitted_spread_scale"],
+                 t["trust_horizon_median"], t["error_crossing_median"], t["correlation"], t["warned_in_time_fraction"]]
+        lines.append(f"| {comp} | " + " | ".join(_fmt(v) if not isinstance(v, int) else str(v) for v in cells) + " |")
+    return "\n".join(lines)
+
+
 def training_curve(run_dir: str | Path) -> list[dict[str, float]]:
     """Validation rollout error by step from a run's TensorBoard events, with wall time since the first event.
 
@@ -197,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     curve = sub.add_parser("curve", help="validation error vs training step and wall time, as CSV")
     curve.add_argument("run_dir", type=Path)
     curve.add_argument("--out", type=Path, required=True)
+    ens = sub.add_parser("ensemble", help="Markdown table of an ensemble report: mean vs members, calibration")
+    ens.add_argument("report", type=Path, help="report.json of an ensemble evaluation (or its directory)")
+    ens.add_argument("--steps", nargs="+", type=int, default=[1, 100, 600, 1200], help="rollout steps for RMSE rows")
     rollouts = sub.add_parser("rollout-curve", help="long-rollout errors of every kept checkpoint, as CSV")
     rollouts.add_argument("run_dir", type=Path)
     rollouts.add_argument("--data", type=Path, required=True)
@@ -214,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(names) != len(args.reports):
                 raise ValueError(f"--names has {len(names)} names for {len(args.reports)} reports; give one each")
             print(markdown_table([read_report(p) for p in args.reports], names, args.steps))
+        elif args.command == "ensemble":
+            print(ensemble_table(read_report(args.report), args.steps))
         elif args.command == "curve":
             write_curve(training_curve(args.run_dir), args.out)
         else:

@@ -4,6 +4,7 @@ member killed (SIGKILL) and resumed, then `holstein_dist.evaluate --checkpoint E
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -12,12 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import free_port
 
 from holstein_dist import config as config_io
-from holstein_dist import ensemble, evaluate
+from holstein_dist import ensemble, evaluate, results
 from holstein_dist.checkpoints import data_signature, load_model, model_payload
 from holstein_dist.metrics import RMSE_COMPONENTS
 from holstein_dist.report import numeric_differences
@@ -37,7 +39,7 @@ def train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
             "ensemble.members=2", "curriculum.batches_per_epoch=100", "ckpt_every=10", "val_every=1000", *extra]
 
 
-def test_two_members_one_killed_and_resumed_then_evaluated(tiny_data, tmp_path):
+def test_two_members_one_killed_and_resumed_then_evaluated(tiny_data, tmp_path, capsys):
     ens = tmp_path / "ens"
     proc = subprocess.Popen(train_cmd(tiny_data, ens), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -82,6 +84,20 @@ def test_two_members_one_killed_and_resumed_then_evaluated(tiny_data, tmp_path):
         assert len(comp["coverage_2sigma_by_step"]) == report["settings"]["steps"] + 1
     assert {"spread_vs_error", "reliability"} <= set(report["plots"])
     assert (out / "spread_vs_error.png").stat().st_size > 0 and (out / "reliability.png").stat().st_size > 0
+    scales = [c["fitted_spread_scale"] for c in cal["components"].values() if c["fitted_spread_scale"]]
+    assert cal["fitted_spread_scale"] == pytest.approx(math.prod(scales) ** (1 / len(scales)))
+
+    # The fitted scale fed back (temperature scaling): the spread grows by it, the ensemble mean stays.
+    scaled = tmp_path / "eval_scaled"
+    assert evaluate.main(["--checkpoint", str(ens), "--data", str(tiny_data), "--out", str(scaled),
+                          "--spread-scale", str(cal["fitted_spread_scale"])]) == 0
+    again = json.loads((scaled / "report.json").read_text())
+    assert again["rmse_by_step"] == report["rmse_by_step"]
+    spread = [np.asarray(r["ensemble"]["calibration"]["components"]["Q"]["spread_by_step"], dtype=float)
+              for r in (report, again)]
+    np.testing.assert_allclose(spread[1][1:], spread[0][1:] * cal["fitted_spread_scale"], rtol=1e-9)
+    assert results.main(["ensemble", str(out), "--steps", "1", "40"]) == 0
+    assert "| RMSE Q @ step 40 |" in capsys.readouterr().out
 
 
 def write_ensemble(root: Path, models: list[torch.nn.Module], signature: dict) -> None:
