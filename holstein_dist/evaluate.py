@@ -14,6 +14,10 @@ model: the report then holds the ground-truth statistics and that timing alone.
 
 Which trajectories: the first ``--rollouts`` of the split (all by default), in index order, so a
 report is the same whatever the number of ranks.
+
+``--checkpoint ENSEMBLE_DIR`` (``holstein_dist.ensemble``) rolls out every member from the same initial states;
+the sections above then describe the ensemble mean, and ``holstein_dist.evaluate_ensemble`` adds the members
+and the calibration of their spread.
 """
 
 from __future__ import annotations
