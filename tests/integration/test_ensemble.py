@@ -144,3 +144,16 @@ def test_two_ranks_write_the_single_process_ensemble_report(tmp_path, shallow_da
     assert [key for key in differ if not key.startswith("ensemble.calibration.")] == []
     calibration = [two["ensemble"]["calibration"], one["ensemble"]["calibration"]]
     assert numeric_differences(*calibration, rtol=1e-3, atol=1e-5, ignore=()) == []
+
+
+def test_members_as_parallel_processes(tiny_data, tmp_path):
+    """`ensemble.parallel=2`: one process per member at a time, each with its own log; same manifest."""
+    ens = tmp_path / "ens"
+    cmd = [sys.executable, "-m", "holstein_dist.train", "--config", str(TINY), f"data={tiny_data}", f"run_dir={ens}",
+           "ensemble.members=3", "ensemble.parallel=2"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for i in range(3):
+        assert f"member-0{i}: exit 0" in done.stdout
+        assert "val rollout error" in (ens / f"member-0{i}.log").read_text()
+    assert [(m["state"], m["step"]) for m in ensemble.member_status(ens)] == [("finished", 30)] * 3
