@@ -41,6 +41,7 @@ from holstein_dist.checkpoints import (
     TRAINING_KEYS,
     check_resumable,
     data_signature,
+    load_model,
     model_payload,
 )
 from holstein_dist.curriculum import Curriculum, Position, Stage
@@ -141,6 +142,10 @@ class TrainConfig:
     """torch intra-op threads per rank (0: torch's default)."""
     max_steps: int = 0
     """Stop after this global step (0: run the whole curriculum); a later run with a larger value resumes."""
+    init_from: str | None = None
+    """Start from this model's weights (and normalization scales) instead of a fresh initialization: one of our
+    model files or run directories, with the same model config. Fine-tuning, e.g. a long-unroll stage on a model
+    trained at n_step 1. A run that has checkpoints of its own resumes from those instead."""
     ensemble: EnsembleConfig = dataclasses.field(default_factory=EnsembleConfig)
     """``ensemble.members=K`` (K > 1) trains K members differing by seed under ``run_dir`` (holstein_dist.ensemble)."""
 
@@ -397,11 +402,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, curriculum: Curriculum) ->
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: curriculum.lr_factor(step))
 
 
+def initial_model(source: str, config: ModelConfig) -> Surrogate:
+    """The model ``init_from`` names, checked to be the architecture this run trains."""
+    model = load_model(source)
+    if model.config != config:
+        differing = [f.name for f in dataclasses.fields(config)
+                     if getattr(model.config, f.name) != getattr(config, f.name)]
+        raise UserError(f"init_from {source} is a different model (model.{', model.'.join(differing)} differ); set the "
+                        "model section to the source's config or drop init_from")
+    return model
+
+
 def build_parts(cfg: TrainConfig, env: dist.DistEnv, data: shards.Dataset) -> TrainerParts:
     """The standard pieces of a run, built in the order that fixes the initial weights."""
     device = training_device(cfg, env)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    model: Surrogate = build_model(cfg.model, data.scales).to(device)
+    model: Surrogate = (build_model(cfg.model, data.scales) if cfg.init_from is None
+                        else initial_model(cfg.init_from, cfg.model)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)

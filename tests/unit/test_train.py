@@ -244,3 +244,22 @@ def test_missing_config_file_is_one_clear_line(tmp_path, capsys):
     assert train.main(["--config", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_init_from_starts_from_another_models_weights(tiny_data, tmp_path, capsys):
+    """Fine-tuning: the new run's first weights are the source's; a different architecture is refused."""
+    from holstein_dist.checkpoints import export_model, load_model
+
+    first = tmp_path / "first"
+    run_tiny(tiny_data, first, "max_steps=10")
+    source = export_model(first, tmp_path / "source.pt")
+    fine = tmp_path / "fine"
+    cfg = train.load_train_config(TINY, [f"data={tiny_data}", f"run_dir={fine}", f"init_from={source}", "seed=5"])
+    parts = train.build_parts(cfg, dist.init_distributed(), open_data(tiny_data))
+    want = load_model(source)
+    assert all(torch.equal(a, b) for a, b in zip(parts.model.state_dict().values(), want.state_dict().values()))
+    assert parts.model.scales == want.scales
+    assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={fine}", f"init_from={source}",
+                       "model.channels=8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: init_from") and "(model.channels differ)" in err and err.count("\n") == 1
