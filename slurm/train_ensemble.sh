@@ -39,24 +39,11 @@ case " $* " in
     *) echo "train_ensemble.sh: pass ensemble.members=K (the whole ensemble's size, also when rerunning one member)" >&2
        exit 2 ;;
 esac
-CONFIG=$1
-shift
-if [ ! -f "$CONFIG" ]; then
-    echo "train_ensemble.sh: config file '$CONFIG' not found from $(pwd); pass a path such as configs/train/deep_quench.yaml" >&2
-    exit 2
-fi
-
-# sbatch runs a copy of this script from its spool directory: the shared preamble sits beside the original.
+# The training itself is slurm/train_parc.sh's (preamble, threads, srun, signals), with this task's member.
+# sbatch runs a copy of this script from its spool directory: its siblings sit beside the original.
 here=$(dirname "${BASH_SOURCE[0]}")
-if [[ ! -f "$here/preamble.sh" && -n "${SLURM_JOB_ID:-}" ]]; then
+if [[ ! -f "$here/train_parc.sh" && -n "${SLURM_JOB_ID:-}" ]]; then
     here=$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -1)")
 fi
-# shellcheck source=preamble.sh
-source "$here/preamble.sh" || { echo "error: no preamble.sh in '$here'; submit the script from slurm/" >&2; exit 2; }
-holstein_threads "${SLURM_CPUS_PER_TASK:-1}"
-
-echo "$(date -u +%FT%TZ) job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} (restart ${SLURM_RESTART_COUNT:-0}) on" \
-     "${SLURM_JOB_NODELIST}: member ${SLURM_ARRAY_TASK_ID}, ${SLURM_NTASKS} task(s)"
-
-srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \
-    "$PYTHON" -u -m holstein_dist.train --config "$CONFIG" "$@" "ensemble.member=${SLURM_ARRAY_TASK_ID}"
+echo "$(date -u +%FT%TZ) array task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}: member ${SLURM_ARRAY_TASK_ID}"
+exec bash "$here/train_parc.sh" "$@" "ensemble.member=${SLURM_ARRAY_TASK_ID}"
