@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
-# Shallow quench (g 0.5 -> 0.8), L = 16: the tiny standard CNN trained by the suite vs the original
+# Shallow quench (g 0.5 -> 0.8), L = 16, round 2: the tiny standard CNN trained by the suite vs the original
 # published tiny model, both evaluated on the same 64 test trajectories x 1200 steps.
-#   bash experiments/shallow_L16/run.sh          (~2 h on 2 CPU cores; WORK=DIR for the large files)
+#   1. one long single-step stage (train_n1_long.yaml: 24,000 steps, cosine lr 1e-3 -> 1e-5);
+#   2. its checkpoint with the best long-rollout score on VALIDATION (4 trajectories x 1200 steps;
+#      holstein_dist.results rollout-curve --export) is fine-tuned with n_step 8 at lr 1e-4
+#      (train_finetune_n8.yaml, init_from);
+#   3. the fine-tune's checkpoint with the best long-rollout score on validation is the model;
+#   4. it and the original are evaluated on the test split; tables.
+#   bash experiments/shallow_L16/run.sh          (~1 h on 2 CPU cores; WORK=DIR for the large files)
+# Round 1 (a curriculum of restarts at lr 1e-3) is in round1/.
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../lib.sh"
 WORK=${WORK:-$HERE/work}
 cd "$ROOT"
+LONG_VAL=(--data "$WORK/data" --split val --steps 1200)
 
 stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$WORK/data" --workers 2
-stage train "$PY" -m holstein_dist.train --config "$HERE/train.yaml" data="$WORK/data" run_dir="$WORK/run"
-stage export "$PY" -c "from holstein_dist.checkpoints import export_model; export_model('$WORK/run', '$HERE/model.pt')"
+stage train_n1 "$PY" -m holstein_dist.train --config "$HERE/train_n1_long.yaml" data="$WORK/data" \
+  run_dir="$WORK/run_n1"
+stage select_n1 "$PY" -m holstein_dist.results rollout-curve "$WORK/run_n1" "${LONG_VAL[@]}" --work "$WORK/curve_n1" \
+  --out "$HERE/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
+stage train_finetune "$PY" -m holstein_dist.train --config "$HERE/train_finetune_n8.yaml" data="$WORK/data" \
+  run_dir="$WORK/run_finetune" init_from="$WORK/chosen_n1.pt"
+stage select_finetune "$PY" -m holstein_dist.results rollout-curve "$WORK/run_finetune" "${LONG_VAL[@]}" \
+  --work "$WORK/curve_finetune" --out "$HERE/rollout_curve_val_finetune.csv" --export "$HERE/model.pt"
 stage evaluate "$PY" -m holstein_dist.evaluate --checkpoint "$HERE/model.pt" --data "$WORK/data" --split test \
   --steps 1200 --out "$WORK/eval"
 stage evaluate_reference "$PY" -m holstein_dist.evaluate --checkpoint "$REFERENCE/tiny-quench_0p5_0p8-L_16" \
@@ -18,10 +32,8 @@ keep_results "$WORK/eval" "$HERE/eval"
 keep_results "$WORK/eval_reference" "$HERE/eval_reference"
 cp "$WORK/eval/report.json" "$HERE/report.json"
 cp "$WORK/eval_reference/report.json" "$HERE/reference_report.json"
-"$PY" -m holstein_dist.results curve "$WORK/run" --out "$HERE/training_curve.csv"
-# Error vs training time on long rollouts of the validation split, one row per kept checkpoint (every 1000 steps).
-"$PY" -m holstein_dist.results rollout-curve "$WORK/run" --data "$WORK/data" --split val --steps 1200 \
-  --work "$WORK/rollout_curve" --out "$HERE/rollout_curve_val.csv"
+"$PY" -m holstein_dist.results curve "$WORK/run_n1" --out "$HERE/training_curve_n1.csv"
+"$PY" -m holstein_dist.results curve "$WORK/run_finetune" --out "$HERE/training_curve_finetune.csv"
 "$PY" -m holstein_dist.results table "$HERE/report.json" "$HERE/reference_report.json" --names ours original \
   --steps 1 100 600 1200 | tee "$HERE/results.md"
 write_times "$HERE/wall_times.json"
