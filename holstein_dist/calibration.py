@@ -18,8 +18,10 @@ perfectly calibrated 5-member ensemble would look under-dispersed by 10 %. With 
 follows Student's t with K-1 degrees of freedom (for spread_scale = 1), so the coverage of
 ``|y - m| <= z c s`` tends to the Gaussian value (0.6827 at z = 1) as K grows and is a known,
 slightly smaller value for small K. This is the only coverage definition used here; K is stored
-so a reader can compare with the finite-K value. ``spread_scale`` is a temperature: fit it on a
-validation split (``summarize(...)["components"][c]["fitted_spread_scale"]``) and pass it on test.
+so a reader can compare with the finite-K value. ``spread_scale`` is a temperature per component (or
+one number for all): fit it on a validation split (``summarize(...)["components"][c]["fitted_spread_scale"]``)
+and pass it on test. Per component, because the members' dispersion can differ by orders of magnitude
+between rho's off-diagonal and Q (measured: fitted scales 3 to 300 in one deep-quench ensemble).
 
 **Horizon.** After the rollouts have decorrelated from the truth (ensemble-mean RMSE at or above
 the climatological std, ``clim_std``), errors and spreads both saturate at the climate and every
@@ -154,22 +156,21 @@ class ComponentSums:
 class CalibrationSums:
     """Mergeable calibration statistics of an ensemble of ``k`` members over some rollouts.
 
-    ``spread_scale`` is the temperature the spreads, coverages and ratios were computed with; sums
-    made with different K or spread_scale cannot be merged.
+    ``spread_scale`` (component -> temperature) is what the spreads, coverages and ratios were computed
+    with; sums made with different K or spread scales cannot be merged.
     """
 
     k: int
-    spread_scale: float
+    spread_scale: dict[str, float]
     components: dict[str, ComponentSums]
 
     @property
     def n_rollouts(self) -> int:
         return int(next(iter(self.components.values())).spread_rms.shape[0])
 
-    @property
-    def spread_factor(self) -> float:
-        """c = sqrt((K+1)/K) * spread_scale: multiplies the ddof=1 member std to give the spread."""
-        return spread_factor(self.k, self.spread_scale)
+    def spread_factor(self, name: str) -> float:
+        """c = sqrt((K+1)/K) * spread_scale of component ``name``: multiplies its ddof=1 member std."""
+        return spread_factor(self.k, self.spread_scale[name])
 
 
 def spread_factor(k: int, spread_scale: float) -> float:
@@ -211,20 +212,34 @@ def _check_batch(members: Mapping[str, Any], truth: Mapping[str, Any]) -> tuple[
     return mem, tru
 
 
-def accumulate(members: Mapping[str, Any], truth: Mapping[str, Any], spread_scale: float = 1.0) -> CalibrationSums:
+def scales_by_component(spread_scale: float | Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
+    """One temperature per component: a number applies to all; a mapping must name every component."""
+    if isinstance(spread_scale, Mapping):
+        missing = [n for n in names if n not in spread_scale]
+        if missing:
+            raise ValueError(f"spread_scale has no value for {', '.join(missing)}; give one per component or a number")
+        scales = {n: float(spread_scale[n]) for n in names}
+    else:
+        scales = dict.fromkeys(names, float(spread_scale))
+    for name, value in scales.items():
+        if not (math.isfinite(value) and value > 0.0):
+            raise ValueError(f"spread_scale must be finite and > 0, got {value} for {name}")
+    return scales
+
+
+def accumulate(members: Mapping[str, Any], truth: Mapping[str, Any],
+               spread_scale: float | Mapping[str, float] = 1.0) -> CalibrationSums:
     """Reduce one batch to mergeable sums.
 
     ``members``: component -> ``[K, n, T+1, E]``; ``truth``: component -> ``[n, T+1, E]`` (both as
     from ``component_values``; numpy arrays or torch tensors, any real float dtype). Works in blocks
     of rollouts so the float64 scratch stays a few member-blocks of ~32 MiB whatever the batch size.
     """
-    spread_scale = float(spread_scale)
-    if not (math.isfinite(spread_scale) and spread_scale > 0.0):
-        raise ValueError(f"spread_scale must be finite and > 0, got {spread_scale}")
     mem, tru = _check_batch(members, truth)
+    scales = scales_by_component(spread_scale, list(mem))
     k = int(next(iter(mem.values())).shape[0])
-    c = spread_factor(k, spread_scale)
-    return CalibrationSums(k, spread_scale, {name: _accumulate_component(mem[name], tru[name], c) for name in mem})
+    return CalibrationSums(k, scales, {name: _accumulate_component(mem[name], tru[name], spread_factor(k, scales[name]))
+                                       for name in mem})
 
 
 def _accumulate_component(members: np.ndarray, truth: np.ndarray, c: float) -> ComponentSums:
@@ -508,17 +523,17 @@ def summarize(sums: CalibrationSums, *, trust_fraction: float = 0.5,
     for p in levels:
         if not 0.0 < p < 1.0:
             raise ValueError(f"coverage levels must lie in (0, 1), got {p}")
-    c = sums.spread_factor
     return {
         "K": int(sums.k),
-        "spread_scale": float(sums.spread_scale),
+        "spread_scale": dict(sums.spread_scale),
         "trust_fraction": float(trust_fraction),
         "levels": [float(p) for p in levels],
         "n_rollouts": sums.n_rollouts,
         "nominal_1sigma": NOMINAL_1SIGMA,
         "nominal_2sigma": NOMINAL_2SIGMA,
         "components": {
-            name: _summarize_component(comp, c, sums.spread_scale, trust_fraction, levels)
+            name: _summarize_component(comp, sums.spread_factor(name), sums.spread_scale[name], trust_fraction,
+                                       levels)
             for name, comp in sums.components.items()
         },
     }
@@ -572,8 +587,10 @@ def reliability_figure(summary: Mapping[str, Any]) -> Figure:
     ax.plot([0.0, 1.0], [0.0, 1.0], color="grey", linewidth=0.8, label="calibrated")
     for name, comp in summary["components"].items():
         rel = comp["reliability"]
-        ax.plot(rel["nominal"], rel["observed"], marker="o", markersize=3, label=_label(name))
+        scale = summary["spread_scale"][name]
+        ax.plot(rel["nominal"], rel["observed"], marker="o", markersize=3,
+                label=_label(name) + ("" if scale == 1.0 else f" (x{scale:.3g})"))
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal coverage", ylabel="observed coverage (over the horizon)",
-           title=f"reliability (K={summary['K']}, spread scale {summary['spread_scale']:.3g})")
+           title=f"reliability (K={summary['K']}, spread scaled per component)")
     ax.legend()
     return fig

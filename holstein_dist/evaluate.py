@@ -40,7 +40,7 @@ from holstein_dist import physics
 from holstein_dist.checkpoints import load_model, recorded_signature, resolve
 from holstein_dist.config import from_dict, layered
 from holstein_dist.ensemble import is_ensemble
-from holstein_dist.evaluate_ensemble import Ensemble, EnsembleShare, ensemble_metrics, load_ensemble
+from holstein_dist.evaluate_ensemble import Ensemble, EnsembleShare, ensemble_metrics, fitted_scales, load_ensemble
 from holstein_dist.evaluate_ensemble import summary_lines as ensemble_summary_lines
 from holstein_dist.metrics import (
     RMSE_COMPONENTS,
@@ -108,8 +108,10 @@ class Options:
                                "eigenvalues in [0, 1], integer trace): a rollout-time guard, not part of the model",
                                False)
     truth_only: bool = flag_field("no model: ground-truth statistics and the exact simulator's timing only", False)
-    spread_scale: float = flag_field("ensembles: multiply the members' spread by this (a temperature fitted on "
-                                     "validation: the report's fitted_spread_scale)", 1.0)
+    spread_scale: float = flag_field("ensembles: multiply the members' spread by this, for every component", 1.0)
+    spread_scale_from: Path | None = flag_field(
+        "ensembles: take one spread scale per component from this report.json of the same ensemble evaluated on "
+        "the validation split (its fitted_spread_scale values: temperature scaling)", None)
     trust_fraction: float = flag_field("ensembles: the trust-horizon threshold as a fraction of each component's "
                                        "climatological std", 0.5)
     baseline_steps: int | None = flag_field(
@@ -124,6 +126,8 @@ class Options:
                             "directory) or --truth-only")
         if self.spread_scale <= 0 or self.trust_fraction <= 0:
             raise UserError("--spread-scale and --trust-fraction must be > 0; pass e.g. --spread-scale 1.0")
+        if self.spread_scale_from is not None and self.spread_scale != 1.0:
+            raise UserError("--spread-scale and --spread-scale-from both set the spread scale; pass one of them")
         if self.truth_only and (self.bf16 or self.project):
             raise UserError("--bf16 and --project only affect the model; drop them with --truth-only")
         for flag, value, least in (("--rollouts", self.rollouts, 1), ("--steps", self.steps, 1),
@@ -818,7 +822,8 @@ def open_inputs(opts: Options) -> tuple[Dataset, Split, Plan]:
 def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Surrogate | Ensemble, dict[str, Any]]:
     """The model (or the ensemble of an ensemble directory) and its identity, checked against the data."""
     if is_ensemble(opts.checkpoint):
-        ensemble, identity = load_ensemble(opts.checkpoint, device, opts.spread_scale, checkpoint_identity)
+        scales = opts.spread_scale if opts.spread_scale_from is None else fitted_scales(opts.spread_scale_from)
+        ensemble, identity = load_ensemble(opts.checkpoint, device, scales, checkpoint_identity)
         check_model_fits_data(identity, plan, opts.data)
         return ensemble, identity
     model = load_model(opts.checkpoint, device=device)
@@ -844,7 +849,7 @@ def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any
     settings = {"steps": plan.steps, "max_lag": plan.max_lag, "batch_size": opts.batch_size, "bf16": opts.bf16,
                 "project": opts.project, "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
     if isinstance(model, Ensemble):
-        settings.update(spread_scale=opts.spread_scale, trust_fraction=opts.trust_fraction)
+        settings.update(spread_scale=model.spread_scale, trust_fraction=opts.trust_fraction)
     timing, baseline = timing_report(merged, plan, env.world_size, time.perf_counter() - wall_start, device,
                                      model is not None)
     return write_outputs(build_report(merged, plan, identities, timing, baseline, settings), merged, plan, opts.out)

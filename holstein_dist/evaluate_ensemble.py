@@ -15,6 +15,8 @@ ratio and correlation, reliability, a fitted spread scale, and the trust horizon
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,7 +56,8 @@ class EnsembleShare:
 class Ensemble:
     """The members, in manifest order, and how to roll them out and reduce their rollouts."""
 
-    def __init__(self, models: Sequence[Surrogate], paths: Sequence[Path], spread_scale: float) -> None:
+    def __init__(self, models: Sequence[Surrogate], paths: Sequence[Path],
+                 spread_scale: float | Mapping[str, float]) -> None:
         if len(models) < 2:
             raise ValueError("an ensemble needs at least 2 members")
         self.models, self.paths, self.spread_scale = list(models), list(paths), spread_scale
@@ -88,7 +91,25 @@ class Ensemble:
         )
 
 
-def load_ensemble(directory: Path, device: torch.device, spread_scale: float,
+def fitted_scales(report_path: Path) -> dict[str, float]:
+    """The per-component ``fitted_spread_scale`` of an ensemble evaluation report (made on validation)."""
+    try:
+        calibration_section = json.loads(Path(report_path).read_text())["ensemble"]["calibration"]
+        raw = {c: calibration_section["components"][c]["fitted_spread_scale"] for c in RMSE_COMPONENTS}
+        scales = {c: math.nan if v is None else float(v) for c, v in raw.items()}  # JSON writes NaN as null
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--spread-scale-from {report_path}: not an ensemble report with fitted spread scales "
+                         f"({type(exc).__name__}: {exc}); pass the report.json of `evaluate --checkpoint ENS "
+                         "--split val`") from None
+    bad = [c for c, v in scales.items() if not (np.isfinite(v) and v > 0)]
+    if bad:
+        raise ValueError(f"--spread-scale-from {report_path}: no usable fitted scale for {', '.join(bad)} (the "
+                         "validation rollouts decorrelated at once or the spread was off the histogram); pass "
+                         "--spread-scale X instead")
+    return scales
+
+
+def load_ensemble(directory: Path, device: torch.device, spread_scale: float | Mapping[str, float],
                   identity_fn: Any) -> tuple[Ensemble, dict[str, Any]]:
     """The members of ``directory`` (each its best.pt) and the report's ``checkpoint`` identity.
 
@@ -163,19 +184,8 @@ def ensemble_metrics(share: EnsembleShare, ensemble_rmse: Mapping[str, np.ndarra
         "ensemble_mean_below_average_member": below,
         "autocorr_max_abs_error": {"ensemble_mean": dict(ensemble_autocorr_error), "average_member": average_autocorr},
         "members": members,
-        "calibration": calibration_summary(share.calibration, trust_fraction),
+        "calibration": calibration.summarize(share.calibration, trust_fraction=trust_fraction),
     }}
-
-
-def calibration_summary(sums: calibration.CalibrationSums, trust_fraction: float) -> dict[str, Any]:
-    """``calibration.summarize`` plus ONE spread scale for all components (``--spread-scale`` takes one): the
-    geometric mean of the components' fitted scales, the middle ground between the most under- and the most
-    over-dispersed component (null when no component has one)."""
-    summary = calibration.summarize(sums, trust_fraction=trust_fraction)
-    fitted = [c["fitted_spread_scale"] for c in summary["components"].values()]
-    fitted = [f for f in fitted if f is not None and np.isfinite(f) and f > 0]
-    summary["fitted_spread_scale"] = float(np.exp(np.mean(np.log(fitted)))) if fitted else None
-    return summary
 
 
 def _mean_or_none(values: Sequence[float | None]) -> float | None:

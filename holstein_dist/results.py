@@ -121,9 +121,9 @@ def ensemble_table(report: Mapping[str, Any], steps: Sequence[int]) -> str:
     diverged = [m["divergent_fraction"] for m in section["members"]]
     lines.append(f"| divergent fraction | {_fmt(report['divergent_fraction'])} | "
                  f"{_fmt(sum(diverged) / len(diverged))} |")
-    lines += ["", f"Calibration (K = {cal['K']}, spread scale {cal['spread_scale']:.3g}, one scale fitted for all "
-              f"components {_fmt(cal.get('fitted_spread_scale'))}; a perfect {cal['K']}-member ensemble covers less "
-              "than 68 / 95 %, see docs/ensembles.md):", "",
+    lines += ["", f"Calibration (K = {cal['K']}; spread scales "
+              + ", ".join(f"{c} {v:.3g}" for c, v in cal["spread_scale"].items())
+              + f"; a perfect {cal['K']}-member ensemble covers less than 68 / 95 %, see docs/ensembles.md):", "",
               "| component | mean < avg member (steps) | horizon | cover 1 sigma | cover 2 sigma | spread/skill | "
               "spread-skill corr | fitted scale | trust horizon (median) | error crossing (median) | "
               "trust-error corr | warned in time |", "|---|" + "---|" * 11]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Ensembles with calibrated uncertainty (docs/ensembles.md): K = 5 tiny CNNs on the shallow L = 16 set and
 # K = 5 small PARCs on the deep L = 32 set, each trained as `ensemble.members=5` (members differ by seed).
-# Each ensemble is evaluated on the validation split first, which fits ONE spread scale (temperature
-# scaling), then on the test split with that scale. The shallow test report is compared with the original
+# Each ensemble is evaluated on the validation split first, which fits one spread scale per component
+# (temperature scaling), then on the test split with those scales. The shallow test report is compared with the original
 # published tiny model on the same 64 test trajectories x 1200 steps.
 #   bash experiments/ensembles/run.sh            (~2 h on 2 CPU cores; WORK=DIR for the large files)
 # The data sets are those of experiments/shallow_L16 and experiments/deep_L32 (same configs and seeds, so the
@@ -13,7 +13,6 @@ WORK=${WORK:-$HERE/work}
 SHALLOW_DATA=${SHALLOW_DATA:-$WORK/shallow_data}
 DEEP_DATA=${DEEP_DATA:-$WORK/deep_data}
 cd "$ROOT"
-fitted_scale() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['ensemble']['calibration']['fitted_spread_scale'])" "$1"; }
 
 stage generate_shallow "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" \
   --workers 2
@@ -28,9 +27,10 @@ for kind in shallow deep; do
   else data=$DEEP_DATA; val=(--steps 500); test=(--rollouts 32 --steps 500); steps=(1 100 250 500); fi
   stage "evaluate_${kind}_val" "$PY" -m holstein_dist.evaluate --checkpoint "$WORK/$kind" --data "$data" --split val \
     "${val[@]}" --batch-size 16 --baseline-steps 0 --out "$WORK/${kind}_eval_val"
-  scale=$(fitted_scale "$WORK/${kind}_eval_val/report.json")
+  # Temperature scaling: one spread scale per component, fitted on the validation rollouts.
   stage "evaluate_${kind}_test" "$PY" -m holstein_dist.evaluate --checkpoint "$WORK/$kind" --data "$data" --split test \
-    "${test[@]}" --batch-size 16 --baseline-steps 0 --spread-scale "$scale" --out "$WORK/${kind}_eval"
+    "${test[@]}" --batch-size 16 --baseline-steps 0 --spread-scale-from "$WORK/${kind}_eval_val/report.json" \
+    --out "$WORK/${kind}_eval"
   keep_results "$WORK/${kind}_eval" "$HERE/$kind"
   cp "$WORK/${kind}_eval_val/report.json" "$HERE/$kind/report_val.json"
   cp "$WORK/$kind/ensemble.json" "$HERE/$kind/ensemble.json"

@@ -135,11 +135,29 @@ def test_underdispersed_ensemble_fits_a_spread_scale_that_restores_coverage():
     # Temperature scaling: fitted on one sample, applied to a fresh one.
     members, truth = _ensemble(np.random.default_rng(4), k, n, n_steps, n_entries, member_sigma=0.5)
     test = calibration.summarize(calibration.accumulate(members, truth, spread_scale=fitted))
-    assert test["spread_scale"] == fitted
+    assert test["spread_scale"] == {"Q": fitted}
     comp = test["components"]["Q"]
     se = math.sqrt(calibration.NOMINAL_2SIGMA * (1 - calibration.NOMINAL_2SIGMA) / _pooled_samples(comp, n, n_entries))
     assert abs(comp["coverage_2sigma"] - calibration.NOMINAL_2SIGMA) < 4 * se + 0.005
     assert abs(comp["fitted_spread_scale"] - fitted) < 0.05 * fitted
+
+
+def test_spread_scales_per_component_restore_each_components_coverage():
+    """Components dispersed differently (here 2x and 10x too narrow) need a temperature each."""
+    k, n, n_steps, n_entries = 50, 8, 21, 64
+    rng = np.random.default_rng(8)
+    parts = [_ensemble(rng, k, n, n_steps, n_entries, member_sigma=s) for s in (0.5, 0.1)]
+    members = {"Q": parts[0][0]["Q"], "P": parts[1][0]["Q"]}
+    truth = {"Q": parts[0][1]["Q"], "P": parts[1][1]["Q"]}
+    fitted = {name: c["fitted_spread_scale"]
+              for name, c in calibration.summarize(calibration.accumulate(members, truth))["components"].items()}
+    assert 1.8 < fitted["Q"] < 2.3 and 9 < fitted["P"] < 11.5
+    scaled = calibration.summarize(calibration.accumulate(members, truth, spread_scale=fitted))
+    assert scaled["spread_scale"] == fitted
+    for comp in scaled["components"].values():
+        assert abs(comp["coverage_2sigma"] - calibration.NOMINAL_2SIGMA) < 0.01
+    with pytest.raises(ValueError, match="no value for P"):
+        calibration.accumulate(members, truth, spread_scale={"Q": 2.0})
 
 
 def test_ensemble_mean_error_is_below_the_members_error():
