@@ -26,3 +26,19 @@ keep_results() {
   mkdir -p "$2"
   cp "$1"/report.json "$1"/*.png "$2"/
 }
+
+# shallow_vs_original DATA: evaluate $HERE/model.pt and the original tiny shallow-quench model on the same test
+# split (1200 steps), keep both reports and plots beside the script, and write the comparison table results.md.
+shallow_vs_original() {
+  local data=$1
+  stage evaluate "$PY" -m holstein_dist.evaluate --checkpoint "$HERE/model.pt" --data "$data" --split test \
+    --steps 1200 --out "$WORK/eval"
+  stage evaluate_reference "$PY" -m holstein_dist.evaluate --checkpoint "$REFERENCE/tiny-quench_0p5_0p8-L_16" \
+    --data "$data" --split test --steps 1200 --out "$WORK/eval_reference"
+  keep_results "$WORK/eval" "$HERE/eval"
+  keep_results "$WORK/eval_reference" "$HERE/eval_reference"
+  cp "$WORK/eval/report.json" "$HERE/report.json"
+  cp "$WORK/eval_reference/report.json" "$HERE/reference_report.json"
+  "$PY" -m holstein_dist.results table "$HERE/report.json" "$HERE/reference_report.json" --names ours original \
+    --steps 1 100 600 1200 | tee "$HERE/results.md"
+}

@@ -24,16 +24,7 @@ stage train_finetune "$PY" -m holstein_dist.train --config "$HERE/train_finetune
   run_dir="$WORK/run_finetune" init_from="$WORK/chosen_n1.pt"
 stage select_finetune "$PY" -m holstein_dist.results rollout-curve "$WORK/run_finetune" "${LONG_VAL[@]}" \
   --work "$WORK/curve_finetune" --out "$HERE/rollout_curve_val_finetune.csv" --export "$HERE/model.pt"
-stage evaluate "$PY" -m holstein_dist.evaluate --checkpoint "$HERE/model.pt" --data "$WORK/data" --split test \
-  --steps 1200 --out "$WORK/eval"
-stage evaluate_reference "$PY" -m holstein_dist.evaluate --checkpoint "$REFERENCE/tiny-quench_0p5_0p8-L_16" \
-  --data "$WORK/data" --split test --steps 1200 --out "$WORK/eval_reference"
-keep_results "$WORK/eval" "$HERE/eval"
-keep_results "$WORK/eval_reference" "$HERE/eval_reference"
-cp "$WORK/eval/report.json" "$HERE/report.json"
-cp "$WORK/eval_reference/report.json" "$HERE/reference_report.json"
+shallow_vs_original "$WORK/data"
 "$PY" -m holstein_dist.results curve "$WORK/run_n1" --out "$HERE/training_curve_n1.csv"
 "$PY" -m holstein_dist.results curve "$WORK/run_finetune" --out "$HERE/training_curve_finetune.csv"
-"$PY" -m holstein_dist.results table "$HERE/report.json" "$HERE/reference_report.json" --names ours original \
-  --steps 1 100 600 1200 | tee "$HERE/results.md"
 write_times "$HERE/wall_times.json"

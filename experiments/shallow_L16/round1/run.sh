@@ -11,18 +11,9 @@ cd "$ROOT"
 stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$WORK/data" --workers 2
 stage train "$PY" -m holstein_dist.train --config "$HERE/train.yaml" data="$WORK/data" run_dir="$WORK/run"
 stage export "$PY" -c "from holstein_dist.checkpoints import export_model; export_model('$WORK/run', '$HERE/model.pt')"
-stage evaluate "$PY" -m holstein_dist.evaluate --checkpoint "$HERE/model.pt" --data "$WORK/data" --split test \
-  --steps 1200 --out "$WORK/eval"
-stage evaluate_reference "$PY" -m holstein_dist.evaluate --checkpoint "$REFERENCE/tiny-quench_0p5_0p8-L_16" \
-  --data "$WORK/data" --split test --steps 1200 --out "$WORK/eval_reference"
-keep_results "$WORK/eval" "$HERE/eval"
-keep_results "$WORK/eval_reference" "$HERE/eval_reference"
-cp "$WORK/eval/report.json" "$HERE/report.json"
-cp "$WORK/eval_reference/report.json" "$HERE/reference_report.json"
+shallow_vs_original "$WORK/data"
 "$PY" -m holstein_dist.results curve "$WORK/run" --out "$HERE/training_curve.csv"
 # Error vs training time on long rollouts of the validation split, one row per kept checkpoint (every 1000 steps).
 "$PY" -m holstein_dist.results rollout-curve "$WORK/run" --data "$WORK/data" --split val --steps 1200 \
   --work "$WORK/rollout_curve" --out "$HERE/rollout_curve_val.csv"
-"$PY" -m holstein_dist.results table "$HERE/report.json" "$HERE/reference_report.json" --names ours original \
-  --steps 1 100 600 1200 | tee "$HERE/results.md"
 write_times "$HERE/wall_times.json"
