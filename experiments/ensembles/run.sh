@@ -4,7 +4,7 @@
 # Each ensemble is evaluated on the validation split first, which fits one spread scale per component
 # (temperature scaling), then on the test split with those scales. The shallow test report is compared with the original
 # published tiny model on the same 64 test trajectories x 1200 steps.
-#   bash experiments/ensembles/run.sh            (~2 h on 2 CPU cores; WORK=DIR for the large files)
+#   bash experiments/ensembles/run.sh            (~2.5 h on 2 CPU cores; WORK=DIR for the large files)
 # A third ensemble uses the round-2 shallow recipe: 5 fine-tunes (seeds 0-4) of experiments/shallow_L16's chosen
 # single-step model (run that experiment first; CHOSEN_N1=FILE points elsewhere).
 # The data sets are those of experiments/shallow_L16 and experiments/deep_L32 (same configs and seeds, so the
