@@ -27,13 +27,13 @@ import contextlib
 import dataclasses
 import fcntl
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from holstein_dist import config as config_io
 from hpc.cli import ArgumentParser, UserError, report_error
 from hpc.files import LockHeld, lock_is_held, utc_now, write_json_atomic
 
@@ -117,9 +117,10 @@ def read_manifest(ensemble_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def open_ensemble(cfg: Any, config_dict: dict[str, Any]) -> dict[str, Any]:
+def open_ensemble(cfg: Any) -> dict[str, Any]:
     """Create the manifest (first command on this directory) or check that this command belongs to it."""
     root = Path(cfg.run_dir)
+    mine = recipe(config_io.to_dict(cfg))
     with _manifest_lock(root):
         if not (root / MANIFEST_NAME).is_file():
             manifest = {
@@ -127,11 +128,9 @@ def open_ensemble(cfg: Any, config_dict: dict[str, Any]) -> dict[str, Any]:
                 "created": utc_now(),
                 "members": [{"name": member_name(i), "seed": cfg.seed + i, "state": "pending", "step": 0,
                              "updated": utc_now()} for i in range(cfg.ensemble.members)],
-                "recipe": recipe(config_dict),
+                "recipe": mine,
             }
             write_json_atomic(root / MANIFEST_NAME, manifest)
-            from holstein_dist import config as config_io  # only here: config imports nothing from us
-
             config_io.save_resolved(cfg, root / "config.yaml")
             return manifest
         manifest = read_manifest(root)
@@ -142,8 +141,7 @@ def open_ensemble(cfg: Any, config_dict: dict[str, Any]) -> dict[str, Any]:
     if manifest["members"][0]["seed"] != cfg.seed:
         raise UserError(f"{root} was trained with seed {manifest['members'][0]['seed']}, not {cfg.seed}; pass "
                         f"seed={manifest['members'][0]['seed']} or use a fresh run_dir")
-    differing = sorted(k for k in set(manifest["recipe"]) | set(recipe(config_dict))
-                       if manifest["recipe"].get(k) != recipe(config_dict).get(k))
+    differing = sorted(k for k in set(manifest["recipe"]) | set(mine) if manifest["recipe"].get(k) != mine.get(k))
     if differing:
         raise UserError(f"this config differs from the one ensemble {root} was started with in {', '.join(differing)}; "
                         f"train with {root / 'config.yaml'} (its recipe) or use a fresh run_dir")
@@ -207,25 +205,18 @@ class EnsembleResult:
     requeued: bool = False
 
 
-def slurm_job_label() -> str | None:
-    """``ARRAYJOB_TASK`` inside a Slurm array task (what squeue and sacct show), the job id in a plain job."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        return f"{array}_{task}"
-    return os.environ.get("SLURM_JOB_ID") or None
-
-
-def train_members(cfg: Any, config_dict: dict[str, Any], train_one: Callable[[Any], Any],
-                  is_main: bool) -> EnsembleResult:
+def train_members(cfg: Any, train_one: Callable[[Any], Any], is_main: bool) -> EnsembleResult:
     """Train the selected members one after another with ``train_one(member_cfg) -> RunResult``.
 
     Stops at the first member that is stopped by a signal (it resumes on the next run or after the requeue)
     or fails (its error is recorded and raised).
     """
     if is_main:
-        open_ensemble(cfg, config_dict)
+        open_ensemble(cfg)
     selected = range(cfg.ensemble.members) if cfg.ensemble.member is None else [cfg.ensemble.member]
-    job_id = slurm_job_label()
+    from hpc.dist import slurm_job_label  # torch: the status command does without it
+
+    job_id = slurm_job_label()  # the array task in an array job
     results: list[tuple[str, Any]] = []
     for index in selected:
         member = member_config(cfg, index)
@@ -248,12 +239,12 @@ def train_members(cfg: Any, config_dict: dict[str, Any], train_one: Callable[[An
     return EnsembleResult("finished", tuple(results))
 
 
-def train_parallel(cfg: Any, config_dict: dict[str, Any], argv: Sequence[str]) -> EnsembleResult:
+def train_parallel(cfg: Any, argv: Sequence[str]) -> EnsembleResult:
     """Train the members as ``ensemble.parallel`` concurrent processes, each this command plus
     ``ensemble.member=i``; each member's output goes to ``ENS/member-XX.log``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    open_ensemble(cfg, config_dict)
+    open_ensemble(cfg)
     root = Path(cfg.run_dir)
 
     def one(index: int) -> tuple[str, int]:

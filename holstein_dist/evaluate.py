@@ -43,6 +43,7 @@ from holstein_dist.ensemble import is_ensemble
 from holstein_dist.evaluate_ensemble import Ensemble, EnsembleShare, ensemble_metrics, fitted_scales, load_ensemble
 from holstein_dist.evaluate_ensemble import summary_lines as ensemble_summary_lines
 from holstein_dist.metrics import (
+    ORDER_KEYS,
     RMSE_COMPONENTS,
     autocorrelation,
     charge_order,
@@ -66,7 +67,6 @@ from hpc.dist import DistEnv, gather_objects_to_main, init_distributed, shutdown
 from hpc.files import check_output_dir, file_sha256, write_json_atomic
 
 REPORT_SCHEMA = "holstein-dist-eval/1"
-ORDER_KEYS = ("charge", "lattice")
 DIVERGENCE_FACTOR = 1.1  # docs/physics.md section 3
 DEFAULT_MAX_LAG = 200  # paper: lags up to a few hundred snapshots
 TRACE_TRAJECTORIES = 3  # order-parameter traces plotted per report

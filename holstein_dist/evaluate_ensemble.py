@@ -28,10 +28,8 @@ import torch
 from holstein_dist import calibration
 from holstein_dist.checkpoints import load_model
 from holstein_dist.ensemble import member_checkpoints, member_name
-from holstein_dist.metrics import RMSE_COMPONENTS, autocorrelation, component_entries, divergent_mask
+from holstein_dist.metrics import ORDER_KEYS, RMSE_COMPONENTS, autocorrelation, component_entries, divergent_mask
 from holstein_dist.model import Surrogate
-
-ORDER_KEYS = ("charge", "lattice")
 
 
 @dataclasses.dataclass
@@ -63,27 +61,30 @@ class Ensemble:
         self.models, self.paths, self.spread_scale = list(models), list(paths), spread_scale
 
     def roll_out(self, roll_one: Any, initial: Mapping[str, np.ndarray], steps: int, device: torch.device,
-                 bf16: bool, project: bool) -> tuple[tuple[np.ndarray, ...], list[tuple[np.ndarray, ...]], float]:
-        """(ensemble-mean rollout, member rollouts, compute seconds); ``roll_one`` is evaluate's roll_out."""
+                 bf16: bool, project: bool) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], float]:
+        """(ensemble-mean rollout, member rollouts stacked as rho [K, b, T+1, L, L], Q and P [K, b, T+1, L],
+        compute seconds); ``roll_one`` is evaluate's roll_out. Stacked once here, so that the mean and every
+        reduction read the same arrays."""
         members, seconds = [], 0.0
         for model in self.models:
             pred, s = roll_one(model, initial, steps, device, bf16, project)
             members.append(pred)
             seconds += s
         start = time.perf_counter()
-        mean = tuple(np.mean([m[i] for m in members], axis=0).astype(members[0][i].dtype) for i in range(3))
-        return mean, members, seconds + time.perf_counter() - start
+        stacked = tuple(np.stack([m[i] for m in members]) for i in range(3))
+        del members
+        mean = tuple(x.mean(axis=0).astype(x.dtype) for x in stacked)
+        return mean, stacked, seconds + time.perf_counter() - start
 
-    def reduce(self, members: Sequence[tuple[np.ndarray, ...]], truth: Sequence[np.ndarray],
-               series_fn: Any, errors_fn: Any) -> EnsembleShare:
-        """Reduce one batch of member rollouts against the truth (``series_fn``/``errors_fn`` are evaluate's
-        state_series and squared_error_sums with the plan bound)."""
-        series = [series_fn(*pred) for pred in members]
-        errors = [errors_fn(pred, truth) for pred in members]
-        values = [calibration.component_values(*pred) for pred in members]
-        stacked = {c: np.stack([v[c] for v in values]) for c in RMSE_COMPONENTS}
-        del values
-        sums = calibration.accumulate(stacked, calibration.component_values(*truth), self.spread_scale)
+    def reduce(self, members: Sequence[np.ndarray], truth: Sequence[np.ndarray], series_fn: Any,
+               errors_fn: Any) -> EnsembleShare:
+        """Reduce one batch of stacked member rollouts (as ``roll_out`` returns them) against the truth
+        (``series_fn``/``errors_fn`` are evaluate's state_series and squared_error_sums with the plan bound)."""
+        per_member = [tuple(x[k] for x in members) for k in range(len(self.models))]  # views, no copies
+        series = [series_fn(*pred) for pred in per_member]
+        errors = [errors_fn(pred, truth) for pred in per_member]
+        sums = calibration.accumulate(calibration.component_values(*members), calibration.component_values(*truth),
+                                      self.spread_scale)
         return EnsembleShare(
             member_series={k: np.stack([s[k] for s in series]) for k in ORDER_KEYS},
             member_squared_errors={k: np.stack([e[k] for e in errors]) for k in RMSE_COMPONENTS},

@@ -41,6 +41,8 @@ __all__ = [
 RMSE_COMPONENTS = ("rho_diag", "rho_offdiag", "Q", "P")
 """The four error components of a state, in this order everywhere: training loss terms, TensorBoard tags
 (``train/rho_offdiag``), the report's ``rmse_by_step`` keys."""
+ORDER_KEYS = ("charge", "lattice")
+"""The CDW order parameters (q = pi) whose series the climate metrics compare: ``charge_order``, ``lattice_order``."""
 
 # Largest number of complex entries handled at once by rmse_by_step: bounds its scratch memory
 # (~256 MiB of complex128) whatever the size of the rollout ensemble.

@@ -27,11 +27,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from holstein_dist.metrics import ORDER_KEYS, RMSE_COMPONENTS
 from hpc.cli import ArgumentParser, report_error
 from hpc.files import atomic_write_text
-
-RMSE_COMPONENTS = ("rho_diag", "rho_offdiag", "Q", "P")
-ORDERS = ("charge", "lattice")
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
@@ -66,11 +64,11 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int]) 
                 series = report["rmse_by_step"][comp]
                 values.append(series[step] if step < len(series) else None)
             rows.append((f"RMSE {comp} @ step {step}", values))
-    for order in ORDERS:
+    for order in ORDER_KEYS:
         rows.append((f"autocorr max abs error, {order}", [r["autocorr_max_abs_error"][order] for r in reports]))
         rows.append((f"autocorr mean abs error, {order}", [r["autocorr_mean_abs_error"][order] for r in reports]))
     rows.append(("divergent fraction", [r["divergent_fraction"] for r in reports]))
-    for order in ORDERS:
+    for order in ORDER_KEYS:
         rows.append((f"Wasserstein-1, {order}", [r["wasserstein"][order] for r in reports]))
     for field in ("Q", "density"):
         rows.append((f"S(q) peak-mode autocorr max abs error, {field}",
@@ -114,7 +112,7 @@ def ensemble_table(report: Mapping[str, Any], steps: Sequence[int]) -> str:
             if step < len(rmse["ensemble_mean"][comp]):
                 lines.append(f"| RMSE {comp} @ step {step} | {_fmt(rmse['ensemble_mean'][comp][step])} | "
                              f"{_fmt(rmse['average_member'][comp][step])} |")
-    for order in ORDERS:
+    for order in ORDER_KEYS:
         lines.append(f"| autocorr max abs error, {order} | "
                      f"{_fmt(section['autocorr_max_abs_error']['ensemble_mean'][order])} | "
                      f"{_fmt(section['autocorr_max_abs_error']['average_member'][order])} |")
@@ -186,7 +184,7 @@ def rollout_curve(run_dir: str | Path, data: str | Path, split: str, steps: int,
         for k in at:
             for comp in RMSE_COMPONENTS:
                 row[f"rmse_{comp}_at_{k}"] = report["rmse_by_step"][comp][k]
-        for order in ORDERS:
+        for order in ORDER_KEYS:
             row[f"autocorr_max_abs_error_{order}"] = report["autocorr_max_abs_error"][order]
         row["divergent_fraction"] = report["divergent_fraction"]
         row["score"] = long_rollout_score(report, at)

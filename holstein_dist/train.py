@@ -746,14 +746,13 @@ def run(argv: Sequence[str] | None = None) -> RunResult | EnsembleResult:
         if dist.launched_world_size() > 1:
             raise UserError("ensemble.parallel > 1 starts its own processes; launch it as one process, not under "
                             "torchrun/srun with several tasks (or drop ensemble.parallel)")
-        return train_parallel(cfg, config_io.to_dict(cfg), sys.argv[1:] if argv is None else list(argv))
+        return train_parallel(cfg, sys.argv[1:] if argv is None else list(argv))
     # Signals are caught from here on: a Slurm warning during start-up still ends in a checkpoint.
     with ckpt.PreemptionGuard() as guard:
         env = dist.init_distributed()
         try:
             if cfg.ensemble.members > 1:
-                return train_members(cfg, config_io.to_dict(cfg), lambda member: train_in(member, env, data, guard),
-                                     env.is_main)
+                return train_members(cfg, lambda member: train_in(member, env, data, guard), env.is_main)
             return train_in(cfg, env, data, guard)
         finally:
             dist.shutdown()

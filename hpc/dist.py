@@ -71,6 +71,15 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID") or None
 
 
+def slurm_job_label() -> str | None:
+    """``ARRAYJOB_TASK`` inside a Slurm array task (what squeue and sacct show), the job id in a plain job,
+    else None."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return slurm_job_id()
+
+
 def _in_slurm_step() -> bool:
     return "SLURM_JOB_ID" in os.environ and ("SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ)
 

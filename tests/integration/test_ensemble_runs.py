@@ -17,7 +17,6 @@ import pytest
 import torch
 from helpers import free_port
 
-from holstein_dist import config as config_io
 from holstein_dist import ensemble, evaluate, results
 from holstein_dist.checkpoints import data_signature, load_model, model_payload
 from holstein_dist.metrics import RMSE_COMPONENTS
@@ -113,7 +112,7 @@ def test_two_members_one_killed_and_resumed_then_evaluated(tiny_data, tmp_path, 
 def write_ensemble(root: Path, models: list[torch.nn.Module], signature: dict) -> None:
     """An ensemble directory holding the given models as its members' best.pt (as training leaves them)."""
     cfg = load_train_config(TINY, [f"run_dir={root}", f"ensemble.members={len(models)}"])
-    ensemble.open_ensemble(cfg, config_io.to_dict(cfg))
+    ensemble.open_ensemble(cfg)
     for i, model in enumerate(models):
         ckpt.atomic_save(model_payload(model, signature), ensemble.member_dir(root, i) / "checkpoints" / "best.pt")
         ensemble.set_member_state(root, i, "finished", step=1)

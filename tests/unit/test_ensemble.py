@@ -30,32 +30,28 @@ def test_members_differ_by_seed_and_directory_only(tmp_path):
 
 
 def test_the_manifest_pins_size_seed_and_recipe(tmp_path):
-    from holstein_dist import config as config_io
-
     cfg = config(tmp_path)
-    manifest = ensemble.open_ensemble(cfg, config_io.to_dict(cfg))
+    manifest = ensemble.open_ensemble(cfg)
     assert [m["state"] for m in manifest["members"]] == ["pending"] * 3
     assert (tmp_path / "ens" / "config.yaml").is_file()
     # Run-time settings may change between commands (another machine, more threads) ...
     faster = config(tmp_path, "threads=4", "num_workers=2", "max_steps=5")
-    ensemble.open_ensemble(faster, config_io.to_dict(faster))
+    ensemble.open_ensemble(faster)
     # ... what the members learn may not.
     for overrides, needle in ((("optim.lr=0.5",), "differs from the one ensemble"),
                               (("ensemble.members=4",), "is an ensemble of 3 members, not 4"),
                               (("seed=1",), "was trained with seed 0, not 1")):
         other = config(tmp_path, *overrides)
         with pytest.raises(UserError, match=needle):
-            ensemble.open_ensemble(other, config_io.to_dict(other))
+            ensemble.open_ensemble(other)
     saved = load_train_config(tmp_path / "ens" / "config.yaml", ["ensemble.member=2"])
-    ensemble.open_ensemble(saved, config_io.to_dict(saved))  # the rerun hint's command is accepted
+    ensemble.open_ensemble(saved)  # the rerun hint's command is accepted
 
 
 def test_a_running_member_whose_process_died_shows_as_stopped(tmp_path):
-    from holstein_dist import config as config_io
-
     cfg = config(tmp_path)
     root = tmp_path / "ens"
-    ensemble.open_ensemble(cfg, config_io.to_dict(cfg))
+    ensemble.open_ensemble(cfg)
     ensemble.set_member_state(root, 0, "finished", step=30)
     ensemble.set_member_state(root, 1, "running", job="77_1")
     ensemble.set_member_state(root, 2, "failed", error="UserError: bad shard")
@@ -70,10 +66,8 @@ def test_a_running_member_whose_process_died_shows_as_stopped(tmp_path):
 
 
 def test_evaluating_an_ensemble_with_an_untrained_member_names_the_command(tmp_path):
-    from holstein_dist import config as config_io
-
     cfg = config(tmp_path)
-    ensemble.open_ensemble(cfg, config_io.to_dict(cfg))
+    ensemble.open_ensemble(cfg)
     with pytest.raises(UserError, match=r"member-00 .* has no checkpoint yet .* ensemble\.member=0"):
         ensemble.member_checkpoints(tmp_path / "ens")
 
