@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +81,37 @@ def export_model(source: str | Path, out: str | Path) -> Path:
     _, path = resolve(Path(source))
     payload = read_payload(path)
     ckpt.atomic_save({key: payload[key] for key in MODEL_KEYS}, out)
+    return Path(out)
+
+
+def average_models(sources: Sequence[str | Path], out: str | Path) -> Path:
+    """Write the element-wise mean of the weights of ``sources`` (files or run dirs of ours) as model file ``out``.
+
+    Checkpoint averaging (as in stochastic weight averaging): late checkpoints of one annealed run lie in one
+    basin, and their mean is often a better and steadier model than any single one of them. Every source must
+    hold the same architecture, normalization scales and data signature (else a one-line ValueError naming the
+    first that differs); non-floating entries are taken from the first source.
+    """
+    if not sources:
+        raise ValueError("no checkpoints to average; pass two or more step-*.pt files of one run")
+    payloads = [(Path(s), read_payload(resolve(Path(s))[1])) for s in sources]
+    first_path, first = payloads[0]
+    for path, payload in payloads[1:]:
+        for key in ("model_config", "scales", "data_signature"):
+            if payload[key] != first[key]:
+                raise ValueError(f"{str(path)!r} has another {key} than {str(first_path)!r}; average checkpoints "
+                                 "of one run (same model and data) only")
+    weights = {}
+    for name, tensor in first["model"].items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            stacked = torch.stack([payload["model"][name].to(torch.float64 if tensor.is_floating_point()
+                                                              else torch.complex128) for _, payload in payloads])
+            weights[name] = stacked.mean(dim=0).to(tensor.dtype)
+        else:
+            weights[name] = tensor.clone()
+    averaged = {key: first[key] for key in MODEL_KEYS}
+    averaged["model"] = weights
+    ckpt.atomic_save(averaged, out)
     return Path(out)
 
 

@@ -26,6 +26,7 @@ the rank keeps ranks' noise independent; the sampler's positions make it differ 
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,23 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=ignore_job_signals if num_workers > 0 else None,
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+def ignore_job_signals(worker_id: int) -> None:
+    """DataLoader workers ignore the signals that stop or warn a job (SIGTERM, SIGUSR1, SIGUSR2).
+
+    ``scancel``, Slurm's ``--signal`` warning, ``timeout`` and a job's time limit signal every process of the
+    job or process group, loader workers included. A worker killed by them makes the training process raise
+    "DataLoader worker is killed" at its next batch instead of finishing the step and writing its preemption
+    checkpoint. The training process handles these signals; it ends its workers itself when it stops (and a
+    worker whose parent died exits on its own).
+    """
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def input_noise(

@@ -5,6 +5,8 @@
     python -m holstein_dist.results ensemble REPORT.json [--steps 1 100 600 1200]
     python -m holstein_dist.results rollout-curve RUN_DIR --data DIR --split val --steps 1200 --out curve.csv \\
         [--export model.pt]
+    python -m holstein_dist.results average RUN_DIR/checkpoints/step-0000{6,7,8}*.pt --out model.pt
+    python -m holstein_dist.results score EVAL_DIR [EVAL_DIR ...] [--at 100 600 1200]
 
 ``table`` prints a Markdown table with one column per report: RMSE by component at the chosen rollout
 steps, the autocorrelation errors of the charge and lattice order, divergent fraction, Wasserstein
@@ -14,6 +16,9 @@ the validation rollout error against optimizer step and wall-clock training time
 accuracy is visible. ``rollout-curve`` evaluates every checkpoint the run kept (``keep`` large) on long
 rollouts of one split (use ``val``: recipes are chosen on validation, the test split is for the final
 table) and tabulates RMSE at chosen steps and the autocorrelation errors against training time.
+``average`` writes the mean weights of checkpoints of one run as one model file (checkpoint averaging);
+``score`` prints the long-rollout score ``rollout-curve`` ranks by, for reports of any models (e.g. an average
+against the best single checkpoint, both evaluated on validation).
 """
 
 from __future__ import annotations
@@ -165,7 +170,8 @@ def training_curve(run_dir: str | Path) -> list[dict[str, float]]:
 
 
 def rollout_curve(run_dir: str | Path, data: str | Path, split: str, steps: int,
-                  at: Sequence[int], work: str | Path) -> list[dict[str, float]]:
+                  at: Sequence[int], work: str | Path, score: str = "rmse",
+                  extra_args: Sequence[str] = ()) -> list[dict[str, float]]:
     """Long-rollout errors of every ``step-*.pt`` in ``run_dir/checkpoints`` (see module doc), oldest first."""
     from holstein_dist import evaluate
     from holstein_dist.checkpoints import CHECKPOINT_DIR
@@ -176,7 +182,7 @@ def rollout_curve(run_dir: str | Path, data: str | Path, split: str, steps: int,
     for step, path in list_checkpoints(Path(run_dir) / CHECKPOINT_DIR):
         out = Path(work) / f"step-{step}"
         argv = ["--checkpoint", str(path), "--data", str(data), "--split", split, "--steps", str(steps),
-                "--baseline-steps", "0", "--out", str(out)]
+                "--baseline-steps", "0", "--out", str(out), *extra_args]
         if evaluate.main(argv) != 0:
             raise ValueError(f"evaluating {path} failed (see the error above)")
         report = read_report(out)
@@ -187,7 +193,7 @@ def rollout_curve(run_dir: str | Path, data: str | Path, split: str, steps: int,
         for order in ORDER_KEYS:
             row[f"autocorr_max_abs_error_{order}"] = report["autocorr_max_abs_error"][order]
         row["divergent_fraction"] = report["divergent_fraction"]
-        row["score"] = long_rollout_score(report, at)
+        row["score"] = SCORES[score](report, at)
         rows.append(row)
     return rows
 
@@ -203,6 +209,23 @@ def long_rollout_score(report: Mapping[str, Any], at: Sequence[int]) -> float:
         return math.inf
     logs = [math.log10(max(report["rmse_by_step"][comp][k], 1e-30)) for comp in RMSE_COMPONENTS for k in at]
     return sum(logs) / len(logs)
+
+
+def climate_score(report: Mapping[str, Any], at: Sequence[int] = ()) -> float:
+    """Mean over the charge and lattice order of the max autocorrelation error: lower is better (0..2).
+
+    For chaotic dynamics (the deep quench), where any rollout's RMSE saturates after ~100 steps and only the
+    statistics can be right. A model with divergent rollouts scores 2 + the divergent fraction, so every
+    bounded model ranks ahead of any divergent one and fewer divergences rank ahead of more. ``at`` is unused.
+    """
+    if report["divergent_fraction"] > 0:
+        return 2.0 + float(report["divergent_fraction"])
+    return sum(report["autocorr_max_abs_error"][order] for order in ORDER_KEYS) / len(ORDER_KEYS)
+
+
+SCORES = {"rmse": long_rollout_score, "climate": climate_score}
+"""How ``rollout-curve`` ranks checkpoints: ``rmse`` (near-periodic dynamics, the shallow quench) or
+``climate`` (chaotic dynamics, the deep quench)."""
 
 
 def best_row(rows: Sequence[Mapping[str, float]]) -> Mapping[str, float]:
@@ -244,6 +267,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     rollouts.add_argument("--out", type=Path, required=True)
     rollouts.add_argument("--export", type=Path,
                           help="also export the checkpoint with the lowest long-rollout score as this model file")
+    rollouts.add_argument("--score", choices=sorted(SCORES), default="rmse",
+                          help="rmse: mean log10 RMSE at --at steps (near-periodic dynamics); climate: mean max "
+                               "autocorrelation error of the order parameters, divergence ranked last (chaotic)")
+    rollouts.add_argument("--project", action="store_true", help="evaluate with evaluate --project")
+    average = sub.add_parser("average", help="average the weights of checkpoints of one run into one model file")
+    average.add_argument("checkpoints", nargs="+", type=Path, help="step-*.pt files (or run dirs) of one run")
+    average.add_argument("--out", type=Path, required=True, help="model file to write")
+    score = sub.add_parser("score", help="long-rollout score of evaluation reports (what rollout-curve ranks by)")
+    score.add_argument("reports", nargs="+", type=Path, help="report.json files or evaluation directories")
+    score.add_argument("--at", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps it averages over")
+    score.add_argument("--score", choices=sorted(SCORES), default="rmse", help="as rollout-curve --score")
     args = parser.parse_args(argv)
     try:
         if args.command == "table":
@@ -255,9 +289,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(ensemble_table(read_report(args.report), args.steps))
         elif args.command == "curve":
             write_curve(training_curve(args.run_dir), args.out)
+        elif args.command == "average":
+            from holstein_dist.checkpoints import average_models
+
+            average_models(args.checkpoints, args.out)
+            print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
+        elif args.command == "score":
+            for path in args.reports:
+                print(f"{SCORES[args.score](read_report(path), args.at):.4f}  {path}")
         else:
             work = args.work or args.out.with_suffix("")
-            rows = rollout_curve(args.run_dir, args.data, args.split, args.steps, args.at, work)
+            rows = rollout_curve(args.run_dir, args.data, args.split, args.steps, args.at, work, args.score,
+                                 ["--project"] if args.project else [])
             write_curve(rows, args.out)
             best = best_row(rows)
             print(f"lowest long-rollout score on {args.split}: step {int(best['step'])} (score {best['score']:.3f})")

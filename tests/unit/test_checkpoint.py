@@ -195,6 +195,33 @@ def test_killed_then_signalled_run_resumes_bit_identically(tiny_data, tmp_path):
     assert a["scheduler"] == b["scheduler"]
 
 
+def test_sigterm_to_the_whole_process_group_stops_a_run_with_loader_workers_cleanly(tiny_data, tmp_path):
+    """scancel, a job's time limit and `timeout` signal every process of the job, DataLoader workers included:
+    the run still finishes its step, writes the preemption checkpoint and exits 0 (workers used to die first and
+    take the run down with "DataLoader worker is killed")."""
+    run_dir = tmp_path / "run"
+    cmd = [*_command(tiny_data, run_dir)[:-1], "num_workers=2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        target = run_dir / "checkpoints" / ckpt.step_name(20)
+        deadline = time.monotonic() + 120
+        while not target.exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint at step 20 after 120 s"
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    assert "killed by signal" not in out and "stopped at step" in out, out[-2000:]
+    stopped_at = _latest_step(run_dir)
+    assert 20 <= stopped_at < 180 and f"stopped at step {stopped_at} " in out
+
+
 def test_incompatible_or_corrupt_checkpoint_in_run_dir_is_one_line_error(tiny_data, tmp_path, capsys):
     base = ["--config", TINY, f"data={tiny_data}", f"run_dir={tmp_path}", "max_steps=10"]
     threads = torch.get_num_threads()

@@ -55,3 +55,44 @@ def test_table_compares_reports_on_one_test_set_only(tiny_run, tiny_data, tmp_pa
     assert results.main(["table", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: c was evaluated with other steps") and err.count("\n") == 1
+
+
+def test_climate_score_ranks_rollout_curve_by_autocorrelation_and_divergence(tiny_run, tiny_data, tmp_path, capsys):
+    out = tmp_path / "climate.csv"
+    assert results.main(["rollout-curve", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "8",
+                         "--at", "1", "8", "--score", "climate", "--project", "--out", str(out)]) == 0
+    table = list(csv.DictReader(out.open()))
+    for row in table:  # bounded rollouts: the mean of the two order parameters' max autocorrelation errors
+        expected = (float(row["autocorr_max_abs_error_charge"]) + float(row["autocorr_max_abs_error_lattice"])) / 2
+        assert float(row["divergent_fraction"]) == 0 and float(row["score"]) == pytest.approx(expected)
+    # Divergence ranks behind any bounded model, and more divergence behind less.
+    bounded = {"divergent_fraction": 0.0, "autocorr_max_abs_error": {"charge": 1.9, "lattice": 1.9}}
+    few = {**bounded, "divergent_fraction": 0.1}
+    many = {**bounded, "divergent_fraction": 0.5}
+    assert results.climate_score(bounded) < results.climate_score(few) < results.climate_score(many)
+    # `score` prints the same number for a report of any model.
+    capsys.readouterr()
+    assert results.main(["score", str(tmp_path / "climate" / "step-10"), "--score", "climate"]) == 0
+    assert float(capsys.readouterr().out.split()[0]) == pytest.approx(float(table[0]["score"]), abs=1e-4)
+
+
+def test_average_writes_the_mean_weights_of_checkpoints_of_one_run(tiny_run, tiny_data, tmp_path, capsys):
+    kept = sorted((tiny_run / "checkpoints").glob("step-*.pt"))
+    assert len(kept) >= 2
+    out = tmp_path / "mean.pt"
+    assert results.main(["average", *map(str, kept), "--out", str(out)]) == 0
+    mean, members = load_model(out), [load_model(p) for p in kept]
+    for name, tensor in mean.state_dict().items():
+        stacked = torch.stack([m.state_dict()[name].double() for m in members])
+        assert torch.allclose(tensor.double(), stacked.mean(0), atol=1e-6), name
+    assert mean.scales == members[0].scales
+    # A checkpoint of another architecture is refused in one line naming it, and nothing is written.
+    other = tmp_path / "other"
+    assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={other}", "max_steps=2", "val_every=2",
+                       "model.channels=4"]) == 0
+    capsys.readouterr()
+    refused = tmp_path / "refused.pt"
+    assert results.main(["average", str(kept[0]), str(other), "--out", str(refused)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "another model_config" in err and err.count("\n") == 1
+    assert not refused.exists()
