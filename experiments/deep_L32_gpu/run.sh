@@ -75,6 +75,7 @@ pilot_rate "$WORK/pilot_n1.log" "$BATCH" > "$WORK/rate_n1"
 pilot_rate "$WORK/pilot_n8.log" "$BATCH" > "$WORK/rate_n8"
 train_s=$(( $(left) - RESERVE_S - 30 ))   # 30 s: two trainings' start-up
 time_n1=$(( train_s * 55 / 100 )); time_ft=$(( train_s * 45 / 100 ))
+(( time_n1 < 10 )) && time_n1=10; (( time_ft < 10 )) && time_ft=10   # an overrun budget still trains a little
 steps_n1=$(steps_for "$time_n1" "$WORK/rate_n1")
 steps_ft=$(steps_for "$time_ft" "$WORK/rate_n8")
 note "pilot: $(cat "$WORK/rate_n1") steps/s at n_step 1, $(cat "$WORK/rate_n8") at n_step 8; $train_s s for" \
