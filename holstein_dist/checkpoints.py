@@ -37,6 +37,8 @@ CHECKPOINT_DIR = "checkpoints"
 """Sub-directory of a run directory that holds its checkpoints."""
 MODEL_KEYS = ("format", "model_config", "scales", "model", "data_signature")
 """Keys every file of ours has (training checkpoints add optimizer, scheduler, rng, config, step, ...)."""
+OPTIONAL_MODEL_KEYS = ("increment_factor",)
+"""Model keys a file may carry and exports keep (``increment_factor``: see :func:`scale_increments`)."""
 TRAINING_KEYS = (*MODEL_KEYS, "optimizer", "scheduler", "step")
 """Keys a checkpoint needs to resume training."""
 
@@ -80,7 +82,7 @@ def export_model(source: str | Path, out: str | Path) -> Path:
     """
     _, path = resolve(Path(source))
     payload = read_payload(path)
-    ckpt.atomic_save({key: payload[key] for key in MODEL_KEYS}, out)
+    ckpt.atomic_save({key: payload[key] for key in (*MODEL_KEYS, *OPTIONAL_MODEL_KEYS) if key in payload}, out)
     return Path(out)
 
 
@@ -112,6 +114,38 @@ def average_models(sources: Sequence[str | Path], out: str | Path) -> Path:
     averaged = {key: first[key] for key in MODEL_KEYS}
     averaged["model"] = weights
     ckpt.atomic_save(averaged, out)
+    return Path(out)
+
+
+INCREMENT_SCALE_PREFIXES = ("cnn.out_scale_", "integrator.out_scale_")
+"""State-dict buffers that scale a model's predicted one-snapshot increments: SimpleCNN's output and PARC's
+integrator output (PARC's differentiator predicts derivatives and is left alone)."""
+
+
+def scale_increments(source: str | Path, factor: float, out: str | Path) -> Path:
+    """Write the model of ``source`` with every predicted increment multiplied by ``factor`` as model file ``out``.
+
+    To first order in the snapshot interval this rescales the time step of the learned flow map, i.e. the
+    frequency of every oscillation it produces: the one-parameter rate calibration of ``results calibrate``.
+    The output-scale buffers and the ``delta_*`` scales change together, so the file loads, evaluates and
+    fine-tunes (``init_from``) like any other; ``increment_factor`` records the product of all factors applied.
+    """
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"increment factor {factor} must be a positive number (1 leaves the model unchanged)")
+    payload = read_payload(resolve(Path(source))[1])
+    weights = dict(payload["model"])
+    names = [name for name in weights if name.startswith(INCREMENT_SCALE_PREFIXES)]
+    if not names:
+        raise ValueError(f"{str(source)!r} has no increment output scales ({', '.join(INCREMENT_SCALE_PREFIXES)}*); "
+                         "pass a SimpleCNN or PARC model of ours")
+    for name in names:
+        weights[name] = weights[name] * factor
+    scaled = {key: payload[key] for key in MODEL_KEYS}
+    scaled["model"] = weights
+    scaled["scales"] = {key: value * factor if key.startswith("delta_") else value
+                        for key, value in payload["scales"].items()}
+    scaled["increment_factor"] = float(payload.get("increment_factor", 1.0)) * factor
+    ckpt.atomic_save(scaled, out)
     return Path(out)
 
 

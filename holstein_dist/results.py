@@ -7,6 +7,8 @@
         [--export model.pt]
     python -m holstein_dist.results average RUN_DIR/checkpoints/step-0000{6,7,8}*.pt --out model.pt
     python -m holstein_dist.results score EVAL_DIR [EVAL_DIR ...] [--at 100 600 1200]
+    python -m holstein_dist.results calibrate MODEL --data DIR --split val --steps 1200 --out factors.csv \
+        --export calibrated.pt
 
 ``table`` prints a Markdown table with one column per report: RMSE by component at the chosen rollout
 steps, the autocorrelation errors of the charge and lattice order, divergent fraction, Wasserstein
@@ -18,7 +20,10 @@ rollouts of one split (use ``val``: recipes are chosen on validation, the test s
 table) and tabulates RMSE at chosen steps and the autocorrelation errors against training time.
 ``average`` writes the mean weights of checkpoints of one run as one model file (checkpoint averaging);
 ``score`` prints the long-rollout score ``rollout-curve`` ranks by, for reports of any models (e.g. an average
-against the best single checkpoint, both evaluated on validation).
+against the best single checkpoint, both evaluated on validation). ``calibrate`` fits one factor on a model's
+predicted increments (to first order its time step, so the frequency of every oscillation it produces) by a
+grid search on long validation rollouts and exports the calibrated model: near-periodic long rollouts are
+dominated by a small frequency error that training leaves to chance.
 """
 
 from __future__ import annotations
@@ -173,29 +178,67 @@ def rollout_curve(run_dir: str | Path, data: str | Path, split: str, steps: int,
                   at: Sequence[int], work: str | Path, score: str = "rmse",
                   extra_args: Sequence[str] = ()) -> list[dict[str, float]]:
     """Long-rollout errors of every ``step-*.pt`` in ``run_dir/checkpoints`` (see module doc), oldest first."""
-    from holstein_dist import evaluate
     from holstein_dist.checkpoints import CHECKPOINT_DIR
     from hpc.checkpoint import list_checkpoints
 
     minutes = {int(row["step"]): row["minutes"] for row in training_curve(run_dir)}
     rows = []
     for step, path in list_checkpoints(Path(run_dir) / CHECKPOINT_DIR):
-        out = Path(work) / f"step-{step}"
-        argv = ["--checkpoint", str(path), "--data", str(data), "--split", split, "--steps", str(steps),
-                "--baseline-steps", "0", "--out", str(out), *extra_args]
-        if evaluate.main(argv) != 0:
-            raise ValueError(f"evaluating {path} failed (see the error above)")
-        report = read_report(out)
-        row: dict[str, float] = {"step": step, "minutes": minutes.get(step, math.nan)}
-        for k in at:
-            for comp in RMSE_COMPONENTS:
-                row[f"rmse_{comp}_at_{k}"] = report["rmse_by_step"][comp][k]
-        for order in ORDER_KEYS:
-            row[f"autocorr_max_abs_error_{order}"] = report["autocorr_max_abs_error"][order]
-        row["divergent_fraction"] = report["divergent_fraction"]
-        row["score"] = SCORES[score](report, at)
-        rows.append(row)
+        row = long_rollout_row(path, data, split, steps, at, Path(work) / f"step-{step}", score, extra_args)
+        rows.append({"step": step, "minutes": minutes.get(step, math.nan), **row})
     return rows
+
+
+def long_rollout_row(model: str | Path, data: str | Path, split: str, steps: int, at: Sequence[int],
+                     out: str | Path, score: str = "rmse", extra_args: Sequence[str] = ()) -> dict[str, float]:
+    """Evaluate one model on ``split`` for ``steps`` (report in ``out``): RMSE at ``at``, autocorrelation errors,
+    divergent fraction and the ``score`` (see :data:`SCORES`)."""
+    from holstein_dist import evaluate
+
+    argv = ["--checkpoint", str(model), "--data", str(data), "--split", split, "--steps", str(steps),
+            "--baseline-steps", "0", "--out", str(out), *extra_args]
+    if evaluate.main(argv) != 0:
+        raise ValueError(f"evaluating {model} failed (see the error above)")
+    report = read_report(out)
+    row: dict[str, float] = {}
+    for k in at:
+        for comp in RMSE_COMPONENTS:
+            row[f"rmse_{comp}_at_{k}"] = report["rmse_by_step"][comp][k]
+    for order in ORDER_KEYS:
+        row[f"autocorr_max_abs_error_{order}"] = report["autocorr_max_abs_error"][order]
+    row["divergent_fraction"] = report["divergent_fraction"]
+    row["score"] = SCORES[score](report, at)
+    return row
+
+
+def calibrate_increments(model: str | Path, data: str | Path, split: str, steps: int, at: Sequence[int],
+                         work: str | Path, span: float = 0.02, points: int = 21,
+                         score: str = "rmse") -> list[dict[str, float]]:
+    """Score ``model`` with its increments scaled by ``1 + eps`` over a grid of ``eps`` in [-span, span]
+    (``points`` values, 0 included), then over a finer grid of 9 values spanning the two cells around the
+    best; rows sorted by factor. The best row's model file is ``work/factor-<f>.pt`` (see :func:`best_row`)."""
+    from holstein_dist.checkpoints import scale_increments
+
+    if span <= 0 or points < 3:
+        raise ValueError(f"--span {span} and --points {points}: give span > 0 and at least 3 points")
+    work = Path(work)
+    rows: dict[float, dict[str, float]] = {}
+
+    def score_factor(factor: float) -> None:
+        factor = round(factor, 6)
+        if factor in rows or factor <= 0:
+            return
+        path = scale_increments(model, factor, work / f"factor-{factor:.6f}.pt")
+        row = long_rollout_row(path, data, split, steps, at, work / f"factor-{factor:.6f}", score)
+        rows[factor] = {"factor": factor, **row}
+
+    cell = 2 * span / (points - 1)
+    for i in range(points):
+        score_factor(1.0 - span + i * cell)
+    best = min(rows.values(), key=lambda row: (row["score"], abs(row["factor"] - 1.0)))["factor"]
+    for i in range(9):
+        score_factor(best - cell + i * cell / 4)
+    return [rows[f] for f in sorted(rows)]
 
 
 def long_rollout_score(report: Mapping[str, Any], at: Sequence[int]) -> float:
@@ -274,6 +317,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     average = sub.add_parser("average", help="average the weights of checkpoints of one run into one model file")
     average.add_argument("checkpoints", nargs="+", type=Path, help="step-*.pt files (or run dirs) of one run")
     average.add_argument("--out", type=Path, required=True, help="model file to write")
+    cal = sub.add_parser("calibrate", help="fit one factor on a model's increments (its rate) to long validation "
+                                           "rollouts, as CSV, and export the calibrated model")
+    cal.add_argument("model", type=Path, help="model file or run directory of ours")
+    cal.add_argument("--data", type=Path, required=True)
+    cal.add_argument("--split", default="val")
+    cal.add_argument("--steps", type=int, default=1200)
+    cal.add_argument("--at", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps for RMSE columns")
+    cal.add_argument("--score", choices=sorted(SCORES), default="rmse", help="as rollout-curve --score")
+    cal.add_argument("--span", type=float, default=0.02, help="largest |factor - 1| of the coarse grid")
+    cal.add_argument("--points", type=int, default=21, help="coarse grid size (then 9 finer points)")
+    cal.add_argument("--work", type=Path, help="scaled models and reports (default: beside --out)")
+    cal.add_argument("--out", type=Path, required=True, help="CSV: one row per factor")
+    cal.add_argument("--export", type=Path, required=True, help="the model with the best factor")
     score = sub.add_parser("score", help="long-rollout score of evaluation reports (what rollout-curve ranks by)")
     score.add_argument("reports", nargs="+", type=Path, help="report.json files or evaluation directories")
     score.add_argument("--at", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps it averages over")
@@ -294,6 +350,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             average_models(args.checkpoints, args.out)
             print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
+        elif args.command == "calibrate":
+            rows = calibrate_increments(args.model, args.data, args.split, args.steps, args.at,
+                                        args.work or args.out.with_suffix(""), args.span, args.points, args.score)
+            write_curve(rows, args.out)
+            best = min(rows, key=lambda row: (row["score"], abs(row["factor"] - 1.0)))
+            plain = next(row for row in rows if row["factor"] == 1.0)
+            from holstein_dist.checkpoints import scale_increments
+
+            scale_increments(args.model, best["factor"], args.export)
+            print(f"best increment factor on {args.split}: {best['factor']:.6f} (score {best['score']:.3f}; "
+                  f"unscaled {plain['score']:.3f}) -> {args.export}")
         elif args.command == "score":
             for path in args.reports:
                 print(f"{SCORES[args.score](read_report(path), args.at):.4f}  {path}")

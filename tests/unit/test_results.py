@@ -96,3 +96,45 @@ def test_average_writes_the_mean_weights_of_checkpoints_of_one_run(tiny_run, tin
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "another model_config" in err and err.count("\n") == 1
     assert not refused.exists()
+
+
+def test_scale_increments_multiplies_every_predicted_increment(tiny_run, tmp_path, capsys):
+    from holstein_dist.checkpoints import export_model, scale_increments
+
+    plain = load_model(tiny_run)
+    scaled_path = scale_increments(tiny_run, 1.5, tmp_path / "scaled.pt")
+    scaled = load_model(scaled_path)
+    g = torch.Generator().manual_seed(0)
+    L = 16
+    # Small states: the tiny model's increments are ~1e-6, so float32 states must be small to resolve them.
+    rho = torch.randn(2, L, L, dtype=torch.complex64, generator=g) * 1e-3
+    Q, P = torch.randn(2, L, generator=g) * 1e-3, torch.randn(2, L, generator=g) * 1e-3
+    for a, b in zip(plain.rollout(rho, Q, P, 1), scaled.rollout(rho, Q, P, 1)):
+        step_a, step_b = a[:, 1] - a[:, 0], b[:, 1] - b[:, 0]
+        assert step_a.abs().max() > 0
+        assert torch.allclose(step_b, 1.5 * step_a, rtol=1e-3, atol=1e-10)
+    assert scaled.scales["delta_Q"] == pytest.approx(1.5 * plain.scales["delta_Q"])
+    assert scaled.scales["Q"] == plain.scales["Q"]
+    # Factors compose and survive an export; a bad factor is refused before anything is written.
+    again = scale_increments(scaled_path, 2.0, tmp_path / "again.pt")
+    exported = export_model(again, tmp_path / "exported.pt")
+    from hpc.checkpoint import load_checkpoint
+
+    assert load_checkpoint(exported, required=("format",))["increment_factor"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="must be a positive number"):
+        scale_increments(tiny_run, 0.0, tmp_path / "zero.pt")
+    assert not (tmp_path / "zero.pt").exists()
+
+
+def test_calibrate_scores_a_grid_of_factors_and_exports_the_best(tiny_run, tiny_data, tmp_path, capsys):
+    out, model = tmp_path / "factors.csv", tmp_path / "calibrated.pt"
+    assert results.main(["calibrate", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",
+                         "--at", "1", "6", "--span", "0.1", "--points", "3", "--out", str(out),
+                         "--export", str(model)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    factors = [float(r["factor"]) for r in rows]
+    assert factors == sorted(factors) and {0.9, 1.0, 1.1} <= set(factors) and len(factors) > 3  # coarse + refined
+    best = min(rows, key=lambda r: (float(r["score"]), abs(float(r["factor"]) - 1)))
+    assert load_model(model).scales["delta_rho"] == pytest.approx(
+        float(best["factor"]) * load_model(tiny_run).scales["delta_rho"], rel=1e-6)
+    assert f"best increment factor on test: {float(best['factor']):.6f}" in capsys.readouterr().out
