@@ -32,6 +32,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -287,6 +288,50 @@ def write_curve(rows: Sequence[Mapping[str, float]], out: str | Path) -> None:
     atomic_write_text(buf.getvalue(), out)
 
 
+def calibrate_command(args: Any) -> None:
+    """``calibrate``: one model file, or every member of an ensemble directory (``--export`` is then a new
+    ensemble directory whose members are the calibrated models; evaluate it like the original)."""
+    from holstein_dist.checkpoints import scale_increments
+    from holstein_dist.ensemble import MANIFEST_NAME, is_ensemble, member_checkpoints, member_dir, member_name
+
+    work = args.work or args.out.with_suffix("")
+    grid = (args.data, args.split, args.steps, args.at)
+    if not is_ensemble(args.model):
+        rows = calibrate_increments(args.model, *grid, work, args.span, args.points, args.score)
+        write_curve(rows, args.out)
+        best = _calibrated(rows, args.split, args.export)
+        scale_increments(args.model, best["factor"], args.export)
+        return
+    if args.export.exists():
+        raise ValueError(f"--export {args.export} exists; pass a new directory for the calibrated ensemble")
+    members = member_checkpoints(args.model)
+    table: list[dict[str, float]] = []
+    scaled = []
+    for i, path in enumerate(members):
+        rows = calibrate_increments(path, *grid, work / member_name(i), args.span, args.points, args.score)
+        table += [{"member": i, **row} for row in rows]
+        scaled.append((path, _calibrated(rows, args.split, f"{member_name(i)} of {args.export}")["factor"]))
+    write_curve(table, args.out)
+    staging = args.export.with_name(f".{args.export.name}.tmp")  # complete or absent, never half-written
+    shutil.rmtree(staging, ignore_errors=True)
+    for i, (path, factor) in enumerate(scaled):
+        (member_dir(staging, i) / "checkpoints").mkdir(parents=True)
+        scale_increments(path, factor, member_dir(staging, i) / "checkpoints" / "best.pt")
+    for name in (MANIFEST_NAME, "config.yaml"):
+        if (args.model / name).is_file():
+            shutil.copy2(args.model / name, staging / name)
+    staging.rename(args.export)
+
+
+def _calibrated(rows: Sequence[Mapping[str, float]], split: str, target: Any) -> Mapping[str, float]:
+    """The best factor's row (the one nearest 1 among equals), announced on stdout."""
+    best = min(rows, key=lambda row: (row["score"], abs(row["factor"] - 1.0)))
+    plain = next(row for row in rows if row["factor"] == 1.0)
+    print(f"best increment factor on {split}: {best['factor']:.6f} (score {best['score']:.3f}; "
+          f"unscaled {plain['score']:.3f}) -> {target}", flush=True)
+    return best
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m holstein_dist.results", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -319,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     average.add_argument("--out", type=Path, required=True, help="model file to write")
     cal = sub.add_parser("calibrate", help="fit one factor on a model's increments (its rate) to long validation "
                                            "rollouts, as CSV, and export the calibrated model")
-    cal.add_argument("model", type=Path, help="model file or run directory of ours")
+    cal.add_argument("model", type=Path, help="model file or run directory of ours, or an ensemble directory (each "
+                                              "member is calibrated on its own)")
     cal.add_argument("--data", type=Path, required=True)
     cal.add_argument("--split", default="val")
     cal.add_argument("--steps", type=int, default=1200)
@@ -329,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("--points", type=int, default=21, help="coarse grid size (then 9 finer points)")
     cal.add_argument("--work", type=Path, help="scaled models and reports (default: beside --out)")
     cal.add_argument("--out", type=Path, required=True, help="CSV: one row per factor")
-    cal.add_argument("--export", type=Path, required=True, help="the model with the best factor")
+    cal.add_argument("--export", type=Path, required=True,
+                     help="the model with the best factor (for an ensemble: a new ensemble directory)")
     score = sub.add_parser("score", help="long-rollout score of evaluation reports (what rollout-curve ranks by)")
     score.add_argument("reports", nargs="+", type=Path, help="report.json files or evaluation directories")
     score.add_argument("--at", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps it averages over")
@@ -351,16 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             average_models(args.checkpoints, args.out)
             print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
         elif args.command == "calibrate":
-            rows = calibrate_increments(args.model, args.data, args.split, args.steps, args.at,
-                                        args.work or args.out.with_suffix(""), args.span, args.points, args.score)
-            write_curve(rows, args.out)
-            best = min(rows, key=lambda row: (row["score"], abs(row["factor"] - 1.0)))
-            plain = next(row for row in rows if row["factor"] == 1.0)
-            from holstein_dist.checkpoints import scale_increments
-
-            scale_increments(args.model, best["factor"], args.export)
-            print(f"best increment factor on {args.split}: {best['factor']:.6f} (score {best['score']:.3f}; "
-                  f"unscaled {plain['score']:.3f}) -> {args.export}")
+            calibrate_command(args)
         elif args.command == "score":
             for path in args.reports:
                 print(f"{SCORES[args.score](read_report(path), args.at):.4f}  {path}")

@@ -138,3 +138,28 @@ def test_calibrate_scores_a_grid_of_factors_and_exports_the_best(tiny_run, tiny_
     assert load_model(model).scales["delta_rho"] == pytest.approx(
         float(best["factor"]) * load_model(tiny_run).scales["delta_rho"], rel=1e-6)
     assert f"best increment factor on test: {float(best['factor']):.6f}" in capsys.readouterr().out
+
+
+def test_calibrate_an_ensemble_writes_a_new_ensemble_of_calibrated_members(tiny_data, tmp_path, capsys):
+    from holstein_dist.ensemble import member_checkpoints
+
+    ens = tmp_path / "ens"
+    assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={ens}", "max_steps=10",
+                       "ensemble.members=2"]) == 0
+    out, export = tmp_path / "factors.csv", tmp_path / "calibrated"
+    argv = ["calibrate", str(ens), "--data", str(tiny_data), "--split", "test", "--steps", "6", "--at", "1", "6",
+            "--span", "0.1", "--points", "3", "--out", str(out), "--export", str(export)]
+    assert results.main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert {r["member"] for r in rows} == {"0", "1"}
+    for i, (before, after) in enumerate(zip(member_checkpoints(ens), member_checkpoints(export))):
+        mine = [r for r in rows if r["member"] == str(i)]
+        best = min(mine, key=lambda r: (float(r["score"]), abs(float(r["factor"]) - 1)))
+        assert load_model(after).scales["delta_P"] == pytest.approx(
+            float(best["factor"]) * load_model(before).scales["delta_P"], rel=1e-6)
+    assert evaluate.main(["--checkpoint", str(export), "--data", str(tiny_data), "--steps", "4", "--rollouts", "2",
+                          "--baseline-steps", "0", "--out", str(tmp_path / "eval")]) == 0
+    # An existing export directory is never overwritten.
+    capsys.readouterr()
+    assert results.main(argv) == 2
+    assert "exists; pass a new directory" in capsys.readouterr().err
