@@ -7,7 +7,7 @@
         [--export model.pt]
     python -m holstein_dist.results average RUN_DIR/checkpoints/step-0000{6,7,8}*.pt --out model.pt
     python -m holstein_dist.results score EVAL_DIR [EVAL_DIR ...] [--at 100 600 1200]
-    python -m holstein_dist.results calibrate MODEL --data DIR --split val --steps 1200 --out factors.csv \
+    python -m holstein_dist.results calibrate MODEL --data DIR --split val --steps 1200 --out factors.csv \\
         --export calibrated.pt
 
 ``table`` prints a Markdown table with one column per report: RMSE by component at the chosen rollout
@@ -216,8 +216,8 @@ def calibrate_increments(model: str | Path, data: str | Path, split: str, steps:
                          work: str | Path, span: float = 0.02, points: int = 21,
                          score: str = "rmse") -> list[dict[str, float]]:
     """Score ``model`` with its increments scaled by ``1 + eps`` over a grid of ``eps`` in [-span, span]
-    (``points`` values, 0 included), then over a finer grid of 9 values spanning the two cells around the
-    best; rows sorted by factor. The best row's model file is ``work/factor-<f>.pt`` (see :func:`best_row`)."""
+    (``points`` values, and 0), then over a finer grid of 9 values spanning the two cells around the best;
+    rows sorted by factor. Each scaled model and its report stay in ``work`` (``factor-<f>.pt``, ``factor-<f>/``)."""
     from holstein_dist.checkpoints import scale_increments
 
     if span <= 0 or points < 3:
@@ -234,6 +234,7 @@ def calibrate_increments(model: str | Path, data: str | Path, split: str, steps:
         rows[factor] = {"factor": factor, **row}
 
     cell = 2 * span / (points - 1)
+    score_factor(1.0)  # the unscaled model, whatever the grid
     for i in range(points):
         score_factor(1.0 - span + i * cell)
     best = min(rows.values(), key=lambda row: (row["score"], abs(row["factor"] - 1.0)))["factor"]
