@@ -6,7 +6,8 @@
 # published tiny model on the same 64 test trajectories x 1200 steps.
 #   bash experiments/ensembles/run.sh            (~2.5 h on 2 CPU cores; WORK=DIR for the large files)
 # A third ensemble uses the round-2 shallow recipe: 5 fine-tunes (seeds 0-4) of experiments/shallow_L16's chosen
-# single-step model (run that experiment first; CHOSEN_N1=FILE points elsewhere).
+# single-step model (run that experiment first; CHOSEN_N1=FILE points elsewhere); a fourth is the third with
+# every member rate-calibrated on validation (results calibrate).
 # The data sets are those of experiments/shallow_L16 and experiments/deep_L32 (same configs and seeds, so the
 # same trajectories); pass SHALLOW_DATA=DIR / DEEP_DATA=DIR to reuse them (generate resumes, i.e. checks them).
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +31,18 @@ stage train_shallow_finetune "$PY" -m holstein_dist.train --config "$HERE/shallo
 stage train_deep "$PY" -m holstein_dist.train --config "$HERE/deep_train.yaml" data="$DEEP_DATA" \
   run_dir="$WORK/deep" ensemble.parallel=2
 
-for kind in shallow shallow_finetune deep; do
+# The round-2 ensemble with every member rate-calibrated on validation (results calibrate on an ensemble
+# directory: a coarse grid of +-1.2 %, then +-0.05 % around each member's best), evaluated like the others.
+CAL=$HERE/shallow_finetune_calibrated
+mkdir -p "$CAL"
+stage calibrate_coarse "$PY" -m holstein_dist.results calibrate "$WORK/shallow_finetune" --data "$SHALLOW_DATA" \
+  --split val --steps 1200 --span 0.012 --points 13 --out "$CAL/calibration_coarse.csv" \
+  --export "$WORK/shallow_finetune_coarse"
+stage calibrate_fine "$PY" -m holstein_dist.results calibrate "$WORK/shallow_finetune_coarse" --data "$SHALLOW_DATA" \
+  --split val --steps 1200 --span 0.0005 --points 11 --out "$CAL/calibration_fine.csv" \
+  --export "$WORK/shallow_finetune_calibrated"
+
+for kind in shallow shallow_finetune shallow_finetune_calibrated deep; do
   if [ $kind != deep ]; then data=$SHALLOW_DATA; val=(--steps 1200); test=(--steps 1200); steps=(1 100 600 1200)
   else data=$DEEP_DATA; val=(--steps 500); test=(--rollouts 32 --steps 500); steps=(1 100 250 500); fi
   stage "evaluate_${kind}_val" "$PY" -m holstein_dist.evaluate --checkpoint "$WORK/$kind" --data "$data" --split val \
@@ -45,12 +57,12 @@ for kind in shallow shallow_finetune deep; do
   "$PY" -m holstein_dist.results ensemble "$HERE/$kind/report.json" --steps "${steps[@]}" | tee "$HERE/$kind/results.md"
 done
 # The shallow ensembles' means against the original model (experiments/shallow_L16's reference report: same test set).
-for kind in shallow shallow_finetune; do
+for kind in shallow shallow_finetune shallow_finetune_calibrated; do
   "$PY" -m holstein_dist.results table "$HERE/$kind/report.json" "$HERE/../shallow_L16/reference_report.json" \
     --names "ensemble mean" original --steps 1 100 600 1200 | tee "$HERE/$kind/results_vs_original.md"
 done
 # The shallow members themselves (weights only, ~25 KB each) as loadable ensemble directories.
-for kind in shallow shallow_finetune; do
+for kind in shallow shallow_finetune shallow_finetune_calibrated; do
 "$PY" - "$WORK/$kind" "$HERE/$kind/ensemble" <<'PY'
 import shutil, sys
 from pathlib import Path
