@@ -23,6 +23,10 @@ def test_demo_generates_trains_and_evaluates(tmp_path):
     assert all(entry["status"] == "complete" for entry in manifest["shards"])
     assert any(manifest_run["backend"] == "dask" for manifest_run in manifest["runs"])
     assert (out / "run" / "checkpoints" / "best.pt").is_file()
+    # The evaluated model is the run's, rate-calibrated on validation: one factor on its increments.
+    factors = (out / "calibration.csv").read_text().splitlines()
+    assert factors[0].startswith("factor,") and len(factors) > 10  # a header, a coarse and a fine grid
+    assert (out / "model.pt").is_file() and (out / "eval_uncalibrated" / "report.json").is_file()
     assert list((out / "run").glob("events.out.tfevents.*"))
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["mode"] == "model" and report["data"]["rollouts"] == 8
