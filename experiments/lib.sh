@@ -42,3 +42,15 @@ shallow_vs_original() {
   "$PY" -m holstein_dist.results table "$HERE/report.json" "$HERE/reference_report.json" --names ours original \
     --steps 1 100 600 1200 | tee "$HERE/results.md"
 }
+
+# shallow_single_step DIR: stage 1 of the shallow rounds 2 and 3 (experiments/shallow_L16/DIR holds its config
+# and gets its curve): generate the shallow L=16 set into $WORK/data, the long annealed single-step stage, and
+# its checkpoint with the best long-rollout score on validation exported to $WORK/chosen_n1.pt.
+shallow_single_step() {
+  local dir=$1
+  stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$WORK/data" --workers 2
+  stage train_n1 "$PY" -m holstein_dist.train --config "$dir/train_n1_long.yaml" data="$WORK/data" \
+    run_dir="$WORK/run_n1"
+  stage select_n1 "$PY" -m holstein_dist.results rollout-curve "$WORK/run_n1" --data "$WORK/data" --split val \
+    --steps 1200 --work "$WORK/curve_n1" --out "$dir/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
+}

@@ -16,11 +16,7 @@ WORK=${WORK:-$UP/work}
 cd "$ROOT"
 LONG_VAL=(--data "$WORK/data" --split val --steps 1200)
 
-stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$WORK/data" --workers 2
-stage train_n1 "$PY" -m holstein_dist.train --config "$UP/train_n1_long.yaml" data="$WORK/data" \
-  run_dir="$WORK/run_n1"
-stage select_n1 "$PY" -m holstein_dist.results rollout-curve "$WORK/run_n1" "${LONG_VAL[@]}" --work "$WORK/curve_n1" \
-  --out "$UP/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
+shallow_single_step "$UP"
 stage train_finetune "$PY" -m holstein_dist.train --config "$HERE/train_finetune_n8.yaml" data="$WORK/data" \
   run_dir="$WORK/run_finetune_r2" init_from="$WORK/chosen_n1.pt"
 stage select_finetune "$PY" -m holstein_dist.results rollout-curve "$WORK/run_finetune_r2" "${LONG_VAL[@]}" \
