@@ -10,7 +10,7 @@
 #   5. fine-tuned, train_finetune.yaml: n_step 8, lr 1e-4, one cosine decay (45 %); scored the same way;
 #   6. the chosen model on the test split (1000 steps, lags 0..200), plain and with --project, beside the CPU
 #      experiment's model (../deep_L32/model.pt) on the same test split; one table.
-#   BUDGET_S=540 bash experiments/deep_L32_gpu/run.sh     (the committed run: one H200, 540 s in all)
+#   BUDGET_S=490 bash experiments/deep_L32_gpu/run.sh     (the committed run: one H200, 490 s in all)
 # Environment: BUDGET_S (whole run, seconds; default 540), WORK (large files; default <here>/work), RESULTS (small
 # outputs; default <here>), WORKERS (generation; default all cores), BATCH (64), TRAIN_ARGS (KEY=VALUE for both trainings, e.g.
 # num_workers=2), PYTHON; a rehearsal on a small data set (CPU, minutes): DATA_ARGS="splits.train=4 splits.val=2
