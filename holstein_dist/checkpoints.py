@@ -132,7 +132,11 @@ def scale_increments(source: str | Path, factor: float, out: str | Path) -> Path
     """
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"increment factor {factor} must be a positive number (1 leaves the model unchanged)")
-    payload = read_payload(resolve(Path(source))[1])
+    kind, weights_path = resolve(Path(source))
+    if kind == "original":
+        raise ValueError(f"{str(source)!r} is an original-format model; calibrate models of ours (train one, or "
+                         "fine-tune this one with init_from=... and calibrate the result)")
+    payload = read_payload(weights_path)
     weights = dict(payload["model"])
     names = [name for name in weights if name.startswith(INCREMENT_SCALE_PREFIXES)]
     if not names:

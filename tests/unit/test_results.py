@@ -163,3 +163,13 @@ def test_calibrate_an_ensemble_writes_a_new_ensemble_of_calibrated_members(tiny_
     capsys.readouterr()
     assert results.main(argv) == 2
     assert "exists; pass a new directory" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_an_original_format_model_in_one_line(reference_model, tiny_data, tmp_path, capsys):
+    export = tmp_path / "calibrated.pt"
+    assert results.main(["calibrate", str(reference_model), "--data", str(tiny_data), "--split", "test", "--steps",
+                         "4", "--at", "1", "--span", "0.01", "--points", "3", "--out", str(tmp_path / "f.csv"),
+                         "--export", str(export)]) == 2
+    err = capsys.readouterr().err
+    assert "is an original-format model" in err and "init_from" in err and err.count("\n") == 1
+    assert not export.exists()
