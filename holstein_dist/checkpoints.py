@@ -117,18 +117,13 @@ def average_models(sources: Sequence[str | Path], out: str | Path) -> Path:
     return Path(out)
 
 
-INCREMENT_SCALE_PREFIXES = ("cnn.out_scale_", "integrator.out_scale_")
-"""State-dict buffers that scale a model's predicted one-snapshot increments: SimpleCNN's output and PARC's
-integrator output (PARC's differentiator predicts derivatives and is left alone)."""
-
-
 def scale_increments(source: str | Path, factor: float, out: str | Path) -> Path:
     """Write the model of ``source`` with every predicted increment multiplied by ``factor`` as model file ``out``.
 
     To first order in the snapshot interval this rescales the time step of the learned flow map, i.e. the
-    frequency of every oscillation it produces: the one-parameter rate calibration of ``results calibrate``.
-    The output-scale buffers and the ``delta_*`` scales change together, so the file loads, evaluates and
-    fine-tunes (``init_from``) like any other; ``increment_factor`` records the product of all factors applied.
+    frequency of every oscillation it produces: the one-parameter rate calibration of ``results calibrate``
+    (:meth:`Surrogate.scale_increments`). The file loads, evaluates and fine-tunes (``init_from``) like any
+    other; ``increment_factor`` records the product of all factors applied.
     """
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"increment factor {factor} must be a positive number (1 leaves the model unchanged)")
@@ -137,17 +132,9 @@ def scale_increments(source: str | Path, factor: float, out: str | Path) -> Path
         raise ValueError(f"{str(source)!r} is an original-format model; calibrate models of ours (train one, or "
                          "fine-tune this one with init_from=... and calibrate the result)")
     payload = read_payload(weights_path)
-    weights = dict(payload["model"])
-    names = [name for name in weights if name.startswith(INCREMENT_SCALE_PREFIXES)]
-    if not names:
-        raise ValueError(f"{str(source)!r} has no increment output scales ({', '.join(INCREMENT_SCALE_PREFIXES)}*); "
-                         "pass a SimpleCNN or PARC model of ours")
-    for name in names:
-        weights[name] = weights[name] * factor
-    scaled = {key: payload[key] for key in MODEL_KEYS}
-    scaled["model"] = weights
-    scaled["scales"] = {key: value * factor if key.startswith("delta_") else value
-                        for key, value in payload["scales"].items()}
+    model = _model_from(payload, weights_path)
+    model.scale_increments(factor)
+    scaled = model_payload(model, payload["data_signature"])
     scaled["increment_factor"] = float(payload.get("increment_factor", 1.0)) * factor
     ckpt.atomic_save(scaled, out)
     return Path(out)
@@ -247,7 +234,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Surrogat
 
 
 def _load_ours(path: Path) -> Surrogate:
-    payload = read_payload(path)
+    return _model_from(read_payload(path), path)
+
+
+def _model_from(payload: Mapping[str, Any], path: Path) -> Surrogate:
     try:
         model = build_model(from_dict(ModelConfig, payload["model_config"]), payload["scales"])
     except (ValueError, TypeError) as exc:

@@ -108,6 +108,8 @@ class Options:
                                "eigenvalues in [0, 1], integer trace): a rollout-time guard, not part of the model",
                                False)
     truth_only: bool = flag_field("no model: ground-truth statistics and the exact simulator's timing only", False)
+    no_plots: bool = flag_field("report.json only, no PNG plots or TensorBoard copy (the candidate evaluations of "
+                                "results calibrate and rollout-curve: plots are ~90 % of a short evaluation)", False)
     spread_scale: float = flag_field("ensembles: multiply the members' spread by this, for every component", 1.0)
     spread_scale_from: Path | None = flag_field(
         "ensembles: take one spread scale per component from this report.json of the same ensemble evaluated on "
@@ -852,20 +854,24 @@ def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any
         settings.update(spread_scale=model.spread_scale, trust_fraction=opts.trust_fraction)
     timing, baseline = timing_report(merged, plan, env.world_size, time.perf_counter() - wall_start, device,
                                      model is not None)
-    return write_outputs(build_report(merged, plan, identities, timing, baseline, settings), merged, plan, opts.out)
+    return write_outputs(build_report(merged, plan, identities, timing, baseline, settings), merged, plan, opts.out,
+                         plots=not opts.no_plots)
 
 
-def write_outputs(report: Mapping[str, Any], merged: Share, plan: Plan, out: Path) -> dict[str, Any]:
-    """Plots and TensorBoard first, then report.json atomically; returns the report as written (with the
-    names of its plots)."""
+def write_outputs(report: Mapping[str, Any], merged: Share, plan: Plan, out: Path,
+                  plots: bool = True) -> dict[str, Any]:
+    """Plots and TensorBoard first (unless ``plots`` is False), then report.json atomically; returns the report
+    as written (with the names of its plots)."""
     from holstein_dist.report import PlotData, write_plots, write_tensorboard
 
     out.mkdir(parents=True, exist_ok=True)
-    traces = {kind: {k: series[k][:TRACE_TRAJECTORIES] for k in ORDER_KEYS}
-              for kind, series in (("truth", merged.truth), ("model", merged.model)) if series is not None}
-    plot_data = PlotData(report=report, traces=traces, pattern=merged.pattern, snapshot_dt=plan.snapshot_dt)
-    pngs = write_plots(plot_data, out)
-    write_tensorboard(plot_data, pngs, out / "tb")
+    pngs: dict[str, Path] = {}
+    if plots:
+        traces = {kind: {k: series[k][:TRACE_TRAJECTORIES] for k in ORDER_KEYS}
+                  for kind, series in (("truth", merged.truth), ("model", merged.model)) if series is not None}
+        plot_data = PlotData(report=report, traces=traces, pattern=merged.pattern, snapshot_dt=plan.snapshot_dt)
+        pngs = write_plots(plot_data, out)
+        write_tensorboard(plot_data, pngs, out / "tb")
     written = {**report, "plots": {name: path.name for name, path in pngs.items()}}
     write_json_atomic(out / "report.json", jsonable(written))
     return written

@@ -199,6 +199,12 @@ class ScaledCNN(nn.Module):
         out_rho, out_Q, out_P = unembed(self.CNN(x).to(x.dtype))
         return out_rho * self.out_scale_rho, out_Q * self.out_scale_Q, out_P * self.out_scale_P
 
+    @torch.no_grad()
+    def scale_output(self, factor: float) -> None:
+        """Multiply every output by ``factor`` (through the output-scale buffers)."""
+        for name in STATE_KEYS:
+            getattr(self, f"out_scale_{name}").mul_(factor)
+
 
 # --------------------------------------------------------------------------- surrogates
 
@@ -217,6 +223,17 @@ class Surrogate(nn.Module, abc.ABC):
     @abc.abstractmethod
     def increment(self, rho: Tensor, Q: Tensor, P: Tensor) -> tuple[State, State | None]:
         """(one-snapshot increment, differentiator output or None for a model without one)."""
+
+    @property
+    @abc.abstractmethod
+    def increment_head(self) -> ScaledCNN:
+        """The network whose output is the one-snapshot increment."""
+
+    def scale_increments(self, factor: float) -> None:
+        """Multiply every predicted increment by ``factor`` (to first order: the learned map's time step), keeping
+        the ``delta_*`` scales in step with the head's output buffers."""
+        self.increment_head.scale_output(factor)
+        self.scales = {key: value * factor if key.startswith("delta_") else value for key, value in self.scales.items()}
 
     def forward(self, rho: Tensor, Q: Tensor, P: Tensor, return_derivative: bool = False) -> Any:
         """Differentiable one-step prediction; the derivative option lives on forward (not a separate
@@ -293,6 +310,10 @@ class SimpleCNN(Surrogate):
     def increment(self, rho: Tensor, Q: Tensor, P: Tensor) -> tuple[State, State | None]:
         return self.cnn(rho, Q, P), None
 
+    @property
+    def increment_head(self) -> ScaledCNN:
+        return self.cnn
+
 
 class PARC(Surrogate):
     """PARC: differentiator D (state -> time derivative), integrator I (derivative alone -> increment);
@@ -308,6 +329,10 @@ class PARC(Surrogate):
     def increment(self, rho: Tensor, Q: Tensor, P: Tensor) -> tuple[State, State | None]:
         derivative = self.differentiator(rho, Q, P)
         return self.integrator(*derivative), derivative
+
+    @property
+    def increment_head(self) -> ScaledCNN:
+        return self.integrator  # the differentiator predicts derivatives, not increments
 
 
 def project_density_matrix(rho: Tensor, trace: float | None = None, iterations: int = 40) -> Tensor:

@@ -34,7 +34,7 @@ import json
 import math
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,7 @@ def long_rollout_row(model: str | Path, data: str | Path, split: str, steps: int
     from holstein_dist import evaluate
 
     argv = ["--checkpoint", str(model), "--data", str(data), "--split", split, "--steps", str(steps),
-            "--baseline-steps", "0", "--out", str(out), *extra_args]
+            "--baseline-steps", "0", "--no-plots", "--out", str(out), *extra_args]
     if evaluate.main(argv) != 0:
         raise ValueError(f"evaluating {model} failed (see the error above)")
     report = read_report(out)
@@ -237,7 +237,7 @@ def calibrate_increments(model: str | Path, data: str | Path, split: str, steps:
     score_factor(1.0)  # the unscaled model, whatever the grid
     for i in range(points):
         score_factor(1.0 - span + i * cell)
-    best = min(rows.values(), key=lambda row: (row["score"], abs(row["factor"] - 1.0)))["factor"]
+    best = best_factor_row(rows.values())["factor"]
     for i in range(9):
         score_factor(best - cell + i * cell / 4)
     return [rows[f] for f in sorted(rows)]
@@ -324,9 +324,14 @@ def calibrate_command(args: Any) -> None:
     staging.rename(args.export)
 
 
+def best_factor_row(rows: Iterable[Mapping[str, float]]) -> Mapping[str, float]:
+    """The calibration row with the lowest score (the factor nearest 1 among equals)."""
+    return min(rows, key=lambda row: (row["score"], abs(row["factor"] - 1.0)))
+
+
 def _calibrated(rows: Sequence[Mapping[str, float]], split: str, target: Any) -> Mapping[str, float]:
-    """The best factor's row (the one nearest 1 among equals), announced on stdout."""
-    best = min(rows, key=lambda row: (row["score"], abs(row["factor"] - 1.0)))
+    """The best factor's row, announced on stdout."""
+    best = best_factor_row(rows)
     plain = next(row for row in rows if row["factor"] == 1.0)
     print(f"best increment factor on {split}: {best['factor']:.6f} (score {best['score']:.3f}; "
           f"unscaled {plain['score']:.3f}) -> {target}", flush=True)

@@ -173,3 +173,10 @@ def test_calibrate_refuses_an_original_format_model_in_one_line(reference_model,
     err = capsys.readouterr().err
     assert "is an original-format model" in err and "init_from" in err and err.count("\n") == 1
     assert not export.exists()
+
+
+def test_candidate_evaluations_write_the_report_without_plots(tiny_run, tiny_data, tmp_path):
+    row = results.long_rollout_row(tiny_run, tiny_data, "test", 6, [1, 6], tmp_path / "candidate")
+    assert sorted(p.name for p in (tmp_path / "candidate").iterdir()) == ["report.json"]
+    report = results.read_report(tmp_path / "candidate")
+    assert report["plots"] == {} and row["rmse_Q_at_6"] == report["rmse_by_step"]["Q"][6]
