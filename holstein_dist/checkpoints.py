@@ -117,8 +117,9 @@ def average_models(sources: Sequence[str | Path], out: str | Path) -> Path:
     return Path(out)
 
 
-def scale_increments(source: str | Path, factor: float, out: str | Path) -> Path:
-    """Write the model of ``source`` with every predicted increment multiplied by ``factor`` as model file ``out``.
+def scale_increments(source: str | Path, factor: float, out: str | Path, symmetrize: bool = False) -> Path:
+    """Write the model of ``source`` with every predicted increment multiplied by ``factor`` as model file ``out``
+    (``symmetrize``: with group averaging switched on, ``ModelConfig.symmetrize``, before the scaling).
 
     To first order in the snapshot interval this rescales the time step of the learned flow map, i.e. the
     frequency of every oscillation it produces: the one-parameter rate calibration of ``results calibrate``
@@ -133,6 +134,8 @@ def scale_increments(source: str | Path, factor: float, out: str | Path) -> Path
                          "fine-tune this one with init_from=... and calibrate the result)")
     payload = read_payload(weights_path)
     model = _model_from(payload, weights_path)
+    if symmetrize:
+        model.symmetrize()
     model.scale_increments(factor)
     scaled = model_payload(model, payload["data_signature"])
     scaled["increment_factor"] = float(payload.get("increment_factor", 1.0)) * factor
@@ -196,7 +199,7 @@ def check_resumable(payload: Mapping[str, Any], path: Path, model: Surrogate) ->
     """Refuse a checkpoint of another format, model or normalization (one line, with the fix)."""
     if payload["format"] != FORMAT:
         raise ckpt.CheckpointError(f"{path} has format {payload['format']!r}, expected {FORMAT!r}; use a fresh run_dir")
-    if payload["model_config"] != dataclasses.asdict(model.config):
+    if _config_of(payload, path) != model.config:  # compared as configs: files predating a field get its default
         raise ckpt.CheckpointError(
             f"{path} holds a different model ({payload['model_config']}); use a fresh run_dir or the same model"
         )
@@ -237,9 +240,16 @@ def _load_ours(path: Path) -> Surrogate:
     return _model_from(read_payload(path), path)
 
 
+def _config_of(payload: Mapping[str, Any], path: Path) -> ModelConfig:
+    try:
+        return from_dict(ModelConfig, payload["model_config"])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r}: {exc}") from None
+
+
 def _model_from(payload: Mapping[str, Any], path: Path) -> Surrogate:
     try:
-        model = build_model(from_dict(ModelConfig, payload["model_config"]), payload["scales"])
+        model = build_model(_config_of(payload, path), payload["scales"])
     except (ValueError, TypeError) as exc:
         raise ValueError(f"checkpoint {str(path)!r}: {exc}") from None
     load_state(model, payload["model"], path)

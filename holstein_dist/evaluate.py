@@ -107,6 +107,8 @@ class Options:
     project: bool = flag_field("after every model step, map rho to the nearest physical density matrix (Hermitian, "
                                "eigenvalues in [0, 1], integer trace): a rollout-time guard, not part of the model",
                                False)
+    symmetrize: bool = flag_field("average every model step over the ring's reflection and particle-hole symmetries "
+                                  "(exact equivariance, 4x the network cost; no retraining, any model)", False)
     truth_only: bool = flag_field("no model: ground-truth statistics and the exact simulator's timing only", False)
     no_plots: bool = flag_field("report.json only, no PNG plots or TensorBoard copy (the candidate evaluations of "
                                 "results calibrate and rollout-curve: plots are ~90 % of a short evaluation)", False)
@@ -130,8 +132,8 @@ class Options:
             raise UserError("--spread-scale and --trust-fraction must be > 0; pass e.g. --spread-scale 1.0")
         if self.spread_scale_from is not None and self.spread_scale != 1.0:
             raise UserError("--spread-scale and --spread-scale-from both set the spread scale; pass one of them")
-        if self.truth_only and (self.bf16 or self.project):
-            raise UserError("--bf16 and --project only affect the model; drop them with --truth-only")
+        if self.truth_only and (self.bf16 or self.project or self.symmetrize):
+            raise UserError("--bf16, --project and --symmetrize only affect the model; drop them with --truth-only")
         for flag, value, least in (("--rollouts", self.rollouts, 1), ("--steps", self.steps, 1),
                                    ("--max-lag", self.max_lag, 0), ("--batch-size", self.batch_size, 1),
                                    ("--baseline-steps", self.baseline_steps, 0)):
@@ -825,10 +827,12 @@ def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Sur
     """The model (or the ensemble of an ensemble directory) and its identity, checked against the data."""
     if is_ensemble(opts.checkpoint):
         scales = opts.spread_scale if opts.spread_scale_from is None else fitted_scales(opts.spread_scale_from)
-        ensemble, identity = load_ensemble(opts.checkpoint, device, scales, checkpoint_identity)
+        ensemble, identity = load_ensemble(opts.checkpoint, device, scales, checkpoint_identity, opts.symmetrize)
         check_model_fits_data(identity, plan, opts.data)
         return ensemble, identity
     model = load_model(opts.checkpoint, device=device)
+    if opts.symmetrize:
+        model.symmetrize()
     identity = checkpoint_identity(opts.checkpoint, model)
     check_model_fits_data(identity, plan, opts.data)
     return model, identity
@@ -849,7 +853,8 @@ def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any
     merged = merge_shares(shares)
     identities["data"] = data_identity(ds, opts.split, plan)
     settings = {"steps": plan.steps, "max_lag": plan.max_lag, "batch_size": opts.batch_size, "bf16": opts.bf16,
-                "project": opts.project, "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
+                "project": opts.project, "symmetrize": opts.symmetrize, "divergence_factor": DIVERGENCE_FACTOR,
+                "baseline_steps": plan.baseline_steps}
     if isinstance(model, Ensemble):
         settings.update(spread_scale=model.spread_scale, trust_fraction=opts.trust_fraction)
     timing, baseline = timing_report(merged, plan, env.world_size, time.perf_counter() - wall_start, device,

@@ -111,13 +111,17 @@ def fitted_scales(report_path: Path) -> dict[str, float]:
 
 
 def load_ensemble(directory: Path, device: torch.device, spread_scale: float | Mapping[str, float],
-                  identity_fn: Any) -> tuple[Ensemble, dict[str, Any]]:
-    """The members of ``directory`` (each its best.pt) and the report's ``checkpoint`` identity.
+                  identity_fn: Any, symmetrize: bool = False) -> tuple[Ensemble, dict[str, Any]]:
+    """The members of ``directory`` (each its best.pt) and the report's ``checkpoint`` identity;
+    ``symmetrize`` switches on every member's group averaging (``evaluate --symmetrize``).
 
     Members must share the architecture: an ensemble mixes predictions of one kind of model.
     """
     paths = member_checkpoints(directory)
     models = [load_model(p, device=device) for p in paths]
+    for model in models:
+        if symmetrize:
+            model.symmetrize()
     identities = [identity_fn(p, m) for p, m in zip(paths, models, strict=True)]
     kinds = {(i["model_config"]["kind"], i["parameters"]) for i in identities}
     if len(kinds) > 1:

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from holstein_dist.physics import STATE_KEYS
 from holstein_dist.shards import SCALE_KEYS  # the dataset owns its nine normalization scales
+from holstein_dist.symmetry import symmetrized
 
 State = tuple[Tensor, Tensor, Tensor]
 """A batch of states (rho [B, L, L] complex, Q [B, L], P [B, L]) in ``physics.STATE_KEYS`` order."""
@@ -47,6 +48,10 @@ class ModelConfig:
     """Project every predicted rho increment onto Hermitian, trace-zero matrices, so a rollout keeps rho
     Hermitian with the particle number of its initial state by construction (a linear, differentiable
     projection; the published models have no such layer)."""
+    symmetrize: bool = False
+    """Average every increment over the ring's reflection and particle-hole symmetries
+    (:mod:`holstein_dist.symmetry`), making the model exactly equivariant under them at 4x the network cost;
+    no parameters, so it can be switched on for any trained model (``evaluate --symmetrize``)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("simple", "parc"):
@@ -235,6 +240,10 @@ class Surrogate(nn.Module, abc.ABC):
         self.increment_head.scale_output(factor)
         self.scales = {key: value * factor if key.startswith("delta_") else value for key, value in self.scales.items()}
 
+    def symmetrize(self) -> None:
+        """Switch on group averaging (``ModelConfig.symmetrize``) for this trained model; weights unchanged."""
+        self.config = dataclasses.replace(self.config, symmetrize=True)
+
     def forward(self, rho: Tensor, Q: Tensor, P: Tensor, return_derivative: bool = False) -> Any:
         """Differentiable one-step prediction; the derivative option lives on forward (not a separate
         method) so DDP, which only hooks ``forward``, still synchronizes gradients.
@@ -242,7 +251,10 @@ class Surrogate(nn.Module, abc.ABC):
         Returns ``next_state``, or ``(next_state, derivative)`` when ``return_derivative`` (derivative
         is None for SimpleCNN).
         """
-        (d_rho, d_Q, d_P), derivative = self.increment(rho, Q, P)
+        if self.config.symmetrize:
+            (d_rho, d_Q, d_P), derivative = symmetrized(self.increment, rho, Q, P)
+        else:
+            (d_rho, d_Q, d_P), derivative = self.increment(rho, Q, P)
         if self.config.constrain_rho:
             d_rho = hermitian_traceless(d_rho)
         nxt = (rho + d_rho, Q + d_Q, P + d_P)

@@ -402,14 +402,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, curriculum: Curriculum) ->
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: curriculum.lr_factor(step))
 
 
+PARAMETER_FREE_SWITCHES = ("symmetrize",)
+"""Model settings that change no weight, so ``init_from`` may turn them on or off."""
+
+
 def initial_model(source: str, config: ModelConfig) -> Surrogate:
-    """The model ``init_from`` names, checked to be the architecture this run trains."""
+    """The model ``init_from`` names, checked to be the architecture this run trains.
+
+    Switches without parameters (``symmetrize``) may differ: the run's setting wins, so a model trained without
+    group averaging can be fine-tuned with it.
+    """
     model = load_model(source)
-    if model.config != config:
-        differing = [f.name for f in dataclasses.fields(config)
-                     if getattr(model.config, f.name) != getattr(config, f.name)]
+    differing = [f.name for f in dataclasses.fields(config)
+                 if f.name not in PARAMETER_FREE_SWITCHES and getattr(model.config, f.name) != getattr(config, f.name)]
+    if differing:
         raise UserError(f"init_from {source} is a different model (model.{', model.'.join(differing)} differ); set the "
                         "model section to the source's config or drop init_from")
+    model.config = config
     return model
 
 

@@ -211,6 +211,18 @@ def test_projected_rollouts_stay_physical_and_are_recorded(tmp_path: Path, shall
     assert np.all(np.asarray(report["rmse_by_step"]["Q"]) < 0.05)
 
 
+def test_symmetrized_rollouts_are_recorded_and_differ_from_plain_ones(tmp_path: Path, shallow_data: Path,
+                                                                      reference_model: Path) -> None:
+    common = ("--checkpoint", reference_model, "--data", shallow_data, "--steps", 20, "--rollouts", 2, "--no-plots")
+    assert run(*common, "--out", tmp_path / "plain") == 0
+    assert run(*common, "--out", tmp_path / "sym", "--symmetrize") == 0
+    plain, sym = read_report(tmp_path / "plain"), read_report(tmp_path / "sym")
+    assert sym["settings"]["symmetrize"] is True and sym["checkpoint"]["model_config"]["symmetrize"] is True
+    assert plain["settings"]["symmetrize"] is False
+    plain_q, sym_q = np.asarray(plain["rmse_by_step"]["Q"]), np.asarray(sym["rmse_by_step"]["Q"])
+    assert np.all(sym_q < 0.05) and not np.allclose(plain_q[1:], sym_q[1:], rtol=1e-6)
+
+
 def test_a_model_with_constant_output_gets_null_metrics_and_notes(tmp_path: Path, shallow_data: Path) -> None:
     # A fresh SimpleCNN's increment is exactly zero: the rollout stays at its initial state, and one
     # constant series has no defined autocorrelation or spectrum (with more rollouts the pooled mean
@@ -428,6 +440,7 @@ def bad_input_cases(data: Path, model: Path, tmp: Path, l8_data: Path) -> list[t
     return [
         (["--data", data], "pass --checkpoint"),
         (["--truth-only", *ckpt], "drop --checkpoint"),
+        (["--truth-only", "--data", data, "--symmetrize"], "drop them with --truth-only"),
         ([*ckpt, "--split", "holdout"], "--split 'holdout'"),
         ([*ckpt, "--max-lag", N_STEPS], f"pass --max-lag {N_STEPS - 1} or less"),
         ([*ckpt, "--steps", 20, "--max-lag", 20], "pass --max-lag 19 or less"),

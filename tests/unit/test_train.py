@@ -259,6 +259,10 @@ def test_init_from_starts_from_another_models_weights(tiny_data, tmp_path, capsy
     want = load_model(source)
     assert all(torch.equal(a, b) for a, b in zip(parts.model.state_dict().values(), want.state_dict().values()))
     assert parts.model.scales == want.scales
+    # Group averaging has no weights: a plain model may be fine-tuned with it switched on.
+    cfg = train.load_train_config(TINY, [f"data={tiny_data}", f"run_dir={fine}", f"init_from={source}",
+                                         "model.symmetrize=true"])
+    assert train.build_parts(cfg, dist.init_distributed(), open_data(tiny_data)).model.config.symmetrize is True
     assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={fine}", f"init_from={source}",
                        "model.channels=8"]) == 2
     err = capsys.readouterr().err
