@@ -76,6 +76,30 @@ def test_climate_score_ranks_rollout_curve_by_autocorrelation_and_divergence(tin
     assert float(capsys.readouterr().out.split()[0]) == pytest.approx(float(table[0]["score"]), abs=1e-4)
 
 
+def test_pooled_rows_and_the_balanced_score_average_over_windows_of_steps(tiny_run, tiny_data, tmp_path, capsys):
+    assert evaluate.main(["--checkpoint", str(tiny_run), "--data", str(tiny_data), "--steps", "6",
+                          "--baseline-steps", "0", "--no-plots", "--out", str(tmp_path / "a")]) == 0
+    report = results.read_report(tmp_path / "a")
+    series = report["rmse_by_step"]["Q"]
+    assert results.pooled_rmse(series, 2, 4) == pytest.approx(math.sqrt(sum(v * v for v in series[2:5]) / 3))
+    assert results.pooled_rmse(series, 5, 7) is None  # past the rollout
+    capsys.readouterr()
+    assert results.main(["table", str(tmp_path / "a"), "--steps", "1", "6", "--window", "3"]) == 0
+    table = capsys.readouterr().out
+    assert "| RMSE Q over steps 4-6 |" in table and "over steps 1-1" not in table  # step 1 alone is no window
+    assert f"{results.pooled_rmse(series, 4, 6):.2e}" in table.split("| RMSE Q over steps 4-6 |")[1].split("\n")[0]
+    # balanced: half the mean log pooled RMSE (windows of POOL_WINDOW steps, clipped at step 1), half the mean log
+    # autocorrelation error; a divergent report ranks last.
+    pooled = [results.pooled_rmse(report["rmse_by_step"][c], 1, k) for c in results.RMSE_COMPONENTS for k in (3, 6)]
+    climate = [report["autocorr_max_abs_error"][o] for o in ("charge", "lattice")]
+    expected = 0.5 * sum(map(math.log10, pooled)) / len(pooled) + 0.5 * sum(map(math.log10, climate)) / 2
+    assert results.balanced_score(report, (3, 6)) == pytest.approx(expected)
+    assert results.balanced_score({**report, "divergent_fraction": 0.1}, (3, 6)) == math.inf
+    with pytest.raises(ValueError, match="before the last --at step"):
+        results.balanced_score(report, (3, 7))
+    assert results.main(["table", str(tmp_path / "a"), "--window", "-1"]) == 2
+
+
 def test_average_writes_the_mean_weights_of_checkpoints_of_one_run(tiny_run, tiny_data, tmp_path, capsys):
     kept = sorted((tiny_run / "checkpoints").glob("step-*.pt"))
     assert len(kept) >= 2
@@ -138,6 +162,14 @@ def test_calibrate_scores_a_grid_of_factors_and_exports_the_best(tiny_run, tiny_
     assert load_model(model).scales["delta_rho"] == pytest.approx(
         float(best["factor"]) * load_model(tiny_run).scales["delta_rho"], rel=1e-6)
     assert f"best increment factor on test: {float(best['factor']):.6f}" in capsys.readouterr().out
+    # --symmetrize: every candidate is evaluated with group averaging, and the export keeps it switched on.
+    sym = tmp_path / "symmetrized.pt"
+    assert results.main(["calibrate", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",
+                         "--at", "1", "6", "--span", "0.1", "--points", "3", "--symmetrize", "--score", "balanced",
+                         "--work", str(tmp_path / "sym"), "--out", str(tmp_path / "sym.csv"),
+                         "--export", str(sym)]) == 0
+    assert load_model(sym).config.symmetrize is True
+    assert results.read_report(tmp_path / "sym" / "factor-1.000000")["checkpoint"]["model_config"]["symmetrize"]
 
 
 def test_calibrate_an_ensemble_writes_a_new_ensemble_of_calibrated_members(tiny_data, tmp_path, capsys):
