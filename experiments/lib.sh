@@ -17,6 +17,18 @@ stage() {
   TIMES+=("\"$name\": $((SECONDS - t0))")
 }
 
+# capped SECONDS NAME COMMAND...: a stage with a hard time cap; at the cap a training gets SIGTERM, writes a
+# checkpoint and stops (its preemption path), and the script goes on with the checkpoints it kept
+capped() {
+  local cap=$1 name=$2 rc=0 t0=$SECONDS
+  shift 2
+  echo "=== $name (cap ${cap} s): $*"
+  timeout -s TERM -k 60 "$cap" "$@" || rc=$?
+  TIMES+=("\"$name\": $((SECONDS - t0))")
+  [ "$rc" -eq 124 ] && { echo "=== $name reached its ${cap} s cap: stopped by SIGTERM after a checkpoint"; rc=0; }
+  return "$rc"
+}
+
 write_times() {  # write_times FILE
   (IFS=,; echo "{${TIMES[*]}}") | "$PY" -c 'import json,sys; print(json.dumps(json.load(sys.stdin), indent=1))' > "$1"
 }

@@ -78,8 +78,8 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int],
     """(label, one value per report) rows; values are floats or None.
 
     ``window`` > 1 adds, after each step's rows, the RMSE pooled over the ``window`` steps ending there: the error
-    of a near-periodic rollout oscillates from one snapshot to the next (measured on the shallow quench: a factor
-    of 5 between neighbouring steps), so one step's RMSE is a noisy sample of it.
+    of a near-periodic rollout oscillates from one snapshot to the next (measured on the shallow quench: up to
+    ~6x between steps 600 and 603), so one step's RMSE is a noisy sample of it.
     """
     rows: list[tuple[str, list[Any]]] = []
     for step in steps:
@@ -299,8 +299,8 @@ def balanced_score(report: Mapping[str, Any], at: Sequence[int]) -> float:
     components), half the mean log10 max autocorrelation error of the two orders: lower is better.
 
     For near-periodic dynamics judged on both trajectories and statistics (the shallow quench's target): a
-    single step's RMSE swings by ~5x between neighbouring snapshots, so it is pooled; and a rate that minimizes
-    the RMSE alone can leave the lattice autocorrelation 2x worse (measured), so the climate has its half.
+    single step's RMSE swings by up to ~6x within a few snapshots, so it is pooled; and a rate that minimizes
+    the RMSE alone left the shallow model's lattice autocorrelation ~3x worse (measured), so the climate has its half.
     Any diverged rollout scores +inf.
     """
     if report["divergent_fraction"] > 0:

@@ -47,6 +47,9 @@ def reflect(rho: Tensor, Q: Tensor, P: Tensor) -> State:
 def particle_hole_linear(rho: Tensor, Q: Tensor, P: Tensor) -> State:
     """The linear part of the particle-hole map, ``(-S rho^T S, -Q, -P)``: how increments and derivatives
     transform."""
+    if Q.shape[-1] % 2:
+        raise ValueError(f"particle-hole conjugation is a symmetry of an even ring only (L = {Q.shape[-1]}); "
+                         "use model.symmetrize only with even L")
     s = _stagger(Q.shape[-1], Q.device, Q.dtype)
     return -(s[:, None] * s[None, :]) * rho.transpose(-2, -1), -Q, -P
 

@@ -43,17 +43,6 @@ steps_for() {
 }
 # pilot_rate LOG BATCH > steps/s of the last logged training interval
 pilot_rate() { grep -o '[0-9.]* samples/s' "$1" | tail -1 | awk -v b="$2" '{print $1 / b}'; }
-# capped SECONDS NAME COMMAND...: a stage with a hard time cap; at the cap the training gets SIGTERM, writes a
-# checkpoint and stops (its preemption path), and the run goes on with the checkpoints it kept
-capped() {
-  local cap=$1 name=$2 rc=0 t0=$SECONDS
-  shift 2
-  echo "=== $name (cap ${cap} s): $*"
-  timeout -s TERM -k 60 "$cap" "$@" || rc=$?
-  TIMES+=("\"$name\": $((SECONDS - t0))")
-  [ "$rc" -eq 124 ] && { note "$name reached its ${cap} s cap: stopped by SIGTERM after a checkpoint"; rc=0; }
-  return "$rc"
-}
 select_best() {  # select_best RUN NAME: score every kept checkpoint on validation, export the best
   stage "select_$2" "$PY" -m holstein_dist.results rollout-curve "$1" --data "$WORK/data" --split val \
     --steps "$EVAL_STEPS" --at "${AT[@]}" --score climate --work "$WORK/curve_$2" \

@@ -69,6 +69,11 @@ def test_particle_hole_maps_occupations_to_holes():
     assert torch.equal(Q_h, -Q) and torch.equal(P_h, -P)
 
 
+def test_an_odd_ring_has_no_particle_hole_symmetry():
+    with pytest.raises(ValueError, match="even ring only"):
+        symmetry.particle_hole(torch.eye(5, dtype=torch.complex128) / 2, torch.zeros(5), torch.zeros(5))
+
+
 def test_unknown_element_is_refused():
     with pytest.raises(ValueError, match="unknown symmetry 'rotation'"):
         symmetry.act("rotation", physical_state(5))
