@@ -137,7 +137,7 @@ def test_report_names_the_model_and_the_data(model_report: tuple[dict[str, Any],
     assert ckpt["format"] == "original"
     assert ckpt["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert ckpt["model_config"] == {"kind": "simple", "channels": 16, "n_blocks": 1, "kernel_size": 3,
-                                    "dropout": 0.2, "constrain_rho": False}
+                                    "dropout": 0.2, "constrain_rho": False, "symmetrize": False}
     assert ckpt["trained_on"]["L"] == 16
     assert data["manifest_sha256"] == hashlib.sha256((shallow_data / "manifest.json").read_bytes()).hexdigest()
     assert (data["split"], data["rollouts"], data["L"], data["g_f"]) == ("test", N_TEST, 16, 0.8)
