@@ -199,7 +199,11 @@ def check_resumable(payload: Mapping[str, Any], path: Path, model: Surrogate) ->
     """Refuse a checkpoint of another format, model or normalization (one line, with the fix)."""
     if payload["format"] != FORMAT:
         raise ckpt.CheckpointError(f"{path} has format {payload['format']!r}, expected {FORMAT!r}; use a fresh run_dir")
-    if _config_of(payload, path) != model.config:  # compared as configs: files predating a field get its default
+    try:  # compared as configs, so a file predating a field gets its default
+        same_model = _config_of(payload, path) == model.config
+    except ValueError:
+        same_model = False
+    if not same_model:
         raise ckpt.CheckpointError(
             f"{path} holds a different model ({payload['model_config']}); use a fresh run_dir or the same model"
         )
@@ -248,8 +252,9 @@ def _config_of(payload: Mapping[str, Any], path: Path) -> ModelConfig:
 
 
 def _model_from(payload: Mapping[str, Any], path: Path) -> Surrogate:
+    config = _config_of(payload, path)
     try:
-        model = build_model(_config_of(payload, path), payload["scales"])
+        model = build_model(config, payload["scales"])
     except (ValueError, TypeError) as exc:
         raise ValueError(f"checkpoint {str(path)!r}: {exc}") from None
     load_state(model, payload["model"], path)

@@ -119,8 +119,8 @@ def load_ensemble(directory: Path, device: torch.device, spread_scale: float | M
     """
     paths = member_checkpoints(directory)
     models = [load_model(p, device=device) for p in paths]
-    for model in models:
-        if symmetrize:
+    if symmetrize:
+        for model in models:
             model.symmetrize()
     identities = [identity_fn(p, m) for p, m in zip(paths, models, strict=True)]
     kinds = {(i["model_config"]["kind"], i["parameters"]) for i in identities}

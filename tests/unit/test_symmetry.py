@@ -122,3 +122,16 @@ def test_symmetrize_travels_in_exported_files_and_old_files_load_without_it(tmp_
     scale_increments(tmp_path / "old.pt", 0.99, tmp_path / "sym.pt", symmetrize=True)
     loaded = load_model(tmp_path / "sym.pt")
     assert loaded.config == dataclasses.replace(model.config, symmetrize=True)
+
+
+def test_a_run_checkpointed_before_the_switch_existed_still_resumes(tmp_path):
+    from holstein_dist.checkpoints import check_resumable
+
+    model = build_model(ModelConfig(kind="simple", channels=4, n_blocks=1), SCALES)
+    payload = model_payload(model, SIGNATURE)
+    del payload["model_config"]["symmetrize"]
+    check_resumable(payload, tmp_path / "step-00000010.pt", model)  # the default fills the missing field
+    for change in ({"channels": 8}, {"unknown_field": 1}):
+        other = {**payload, "model_config": {**payload["model_config"], **change}}
+        with pytest.raises(hpc_ckpt.CheckpointError, match="holds a different model"):
+            check_resumable(other, tmp_path / "step-00000010.pt", model)
