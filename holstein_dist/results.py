@@ -300,7 +300,7 @@ def balanced_score(report: Mapping[str, Any], at: Sequence[int]) -> float:
 
     For near-periodic dynamics judged on both trajectories and statistics (the shallow quench's target): a
     single step's RMSE swings by up to ~6x within a few snapshots, so it is pooled; and a rate that minimizes
-    the RMSE alone left the shallow model's lattice autocorrelation ~3x worse (measured), so the climate has its half.
+    the RMSE alone left the shallow model's lattice autocorrelation ~2x worse (measured), so the climate has its half.
     Any diverged rollout scores +inf.
     """
     if report["divergent_fraction"] > 0:
