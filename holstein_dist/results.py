@@ -73,6 +73,11 @@ def pooled_rmse(series: Sequence[float], first: int, last: int) -> float | None:
     return math.sqrt(sum(v * v for v in series[first:last + 1]) / (last + 1 - first))
 
 
+def window_start(last: int, window: int) -> int:
+    """First step of the ``window`` steps ending at ``last``; step 0 (the exact initial state) never counts."""
+    return max(1, last - window + 1)
+
+
 def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int],
                     window: int = 0) -> list[tuple[str, list[Any]]]:
     """(label, one value per report) rows; values are floats or None.
@@ -89,7 +94,7 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int],
                 series = report["rmse_by_step"][comp]
                 values.append(series[step] if step < len(series) else None)
             rows.append((f"RMSE {comp} @ step {step}", values))
-        first = max(1, step - window + 1)
+        first = window_start(step, window)
         if window > 1 and step > first:
             for comp in RMSE_COMPONENTS:
                 rows.append((f"RMSE {comp} over steps {first}-{step}",
@@ -305,7 +310,7 @@ def balanced_score(report: Mapping[str, Any], at: Sequence[int]) -> float:
     """
     if report["divergent_fraction"] > 0:
         return math.inf
-    rmse = [pooled_rmse(report["rmse_by_step"][comp], max(1, k - POOL_WINDOW + 1), k)
+    rmse = [pooled_rmse(report["rmse_by_step"][comp], window_start(k, POOL_WINDOW), k)
             for comp in RMSE_COMPONENTS for k in at]
     if any(v is None for v in rmse):
         raise ValueError(f"the report stops at step {len(report['rmse_by_step']['Q']) - 1}, before the last --at "

@@ -83,8 +83,8 @@ def symmetrized(increment: Callable[[Tensor, Tensor, Tensor], tuple[State, Deriv
     inc, derivative = increment(*stacked)
 
     def back(out: State) -> State:
-        chunks = [act(element, tuple(x.chunk(len(GROUP), dim=0)[k] for x in out), linear=True)
-                  for k, element in enumerate(GROUP)]
-        return tuple(torch.stack(parts).mean(dim=0) for parts in zip(*chunks, strict=True))
+        per_element = zip(*(x.chunk(len(GROUP), dim=0) for x in out), strict=True)  # one (rho, Q, P) per element
+        mapped = [act(element, part, linear=True) for element, part in zip(GROUP, per_element, strict=True)]
+        return tuple(torch.stack(parts).mean(dim=0) for parts in zip(*mapped, strict=True))
 
     return back(inc), (None if derivative is None else back(derivative))
