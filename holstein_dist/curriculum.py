@@ -65,6 +65,13 @@ class Curriculum:
     """Linear warm-up at the start of every stage, from the floor to the peak learning rate."""
     lr_floor: float = 0.01
     """Lowest learning rate as a fraction of the peak; warm-ups start and cosine cycles end here."""
+    early_fraction: float = 0.0
+    """Fraction of the drawn windows that start within the first ``early_window`` snapshots of a trajectory.
+    Uniform draws give the post-quench transient 1 / n_snapshots of the samples although every rollout
+    starts there (the shallow quench's oscillation never returns to its initial state); 0 keeps them
+    uniform."""
+    early_window: int = 0
+    """Snapshots at a trajectory's start that ``early_fraction`` draws from (needed when it is > 0)."""
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -73,6 +80,13 @@ class Curriculum:
             raise ValueError(f"batches_per_epoch is {self.batches_per_epoch}; it must be >= 1")
         if not 0.0 <= self.lr_floor <= 1.0:
             raise ValueError(f"lr_floor is {self.lr_floor}; give a fraction of the peak in [0, 1]")
+        if not 0.0 <= self.early_fraction <= 1.0:
+            raise ValueError(f"curriculum.early_fraction is {self.early_fraction}; give a fraction in [0, 1]")
+        if self.early_fraction > 0 and self.early_window < 1:
+            raise ValueError(
+                f"curriculum.early_fraction is {self.early_fraction} but early_window is {self.early_window}; "
+                "set curriculum.early_window to the number of initial snapshots to draw from (>= 1)"
+            )
         shortest = min(range(len(self.stages)), key=self.stage_steps)
         if not 0 <= self.warmup_steps < self.stage_steps(shortest):
             raise ValueError(

@@ -12,7 +12,8 @@ Three pieces, each usable alone:
   inside whichever process reads (``shards.Split`` keys its handles by pid), never across a fork.
 * :class:`EpochSampler` - an epoch of a fixed number of batches (paper: 8192 x the stage multiplier),
   windows drawn with replacement from a generator seeded by ``(seed, epoch, rank)``; equal batch counts
-  on every rank by construction (the ``drop_last`` guarantee), independent streams across ranks.
+  on every rank by construction (the ``drop_last`` guarantee), independent streams across ranks;
+  optionally a fixed fraction of the windows from the first snapshots after the quench.
 * :func:`input_noise` - Gaussian noise for the input state, one generator per sample seeded by
   ``(seed, rank, epoch, position in this rank's epoch)``.
 
@@ -99,7 +100,9 @@ class EpochSampler(Sampler[int]):
     Rank r draws from a generator seeded by ``(seed, epoch, r)`` alone, so every rank gets the same number
     of batches and an independent stream, and a resumed run can jump to any batch: ``start_batch`` and
     ``stop_batch`` select a slice of the epoch without changing the draws (and without reading the
-    skipped windows). Like ``DistributedSampler``, call ``set_epoch`` before each epoch.
+    skipped windows). Like ``DistributedSampler``, call ``set_epoch`` before each epoch. With
+    ``early_fraction`` > 0 (and ``starts`` windows per trajectory) that fraction of the draws is replaced by
+    windows starting within a trajectory's first ``early_window`` snapshots.
     """
 
     def __init__(
@@ -111,15 +114,24 @@ class EpochSampler(Sampler[int]):
         rank: int = 0,
         start_batch: int = 0,
         stop_batch: int | None = None,
+        starts: int | None = None,
+        early_fraction: float = 0.0,
+        early_window: int = 0,
     ) -> None:
         stop_batch = batches if stop_batch is None else stop_batch
         if n_windows < 1:
             raise ValueError("the split has no windows; generate more trajectories or lower n_step")
+        if early_fraction > 0 and (starts is None or starts < 1 or n_windows % starts or early_window < 1):
+            raise ValueError(
+                f"early_fraction {early_fraction} needs the windows per trajectory (starts={starts}, dividing "
+                f"{n_windows}) and early_window >= 1 (got {early_window})"
+            )
         if not 0 <= start_batch <= stop_batch <= batches:
             raise ValueError(f"batch range [{start_batch}, {stop_batch}) is outside the epoch's 0..{batches}")
         self.n_windows, self.batch_size, self.batches = n_windows, batch_size, batches
         self.seed, self.rank = seed, rank
         self.start_batch, self.stop_batch = start_batch, stop_batch
+        self.starts, self.early_fraction, self.early_window = starts, early_fraction, early_window
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -134,7 +146,14 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        draws = rng.integers(0, self.n_windows, size=self.batches * self.batch_size)
+        n = self.batches * self.batch_size
+        draws = rng.integers(0, self.n_windows, size=n)
+        if self.early_fraction > 0:
+            # Drawn after the uniform draws, so early_fraction = 0 keeps every earlier run's stream.
+            early = rng.random(n) < self.early_fraction
+            trajectory = rng.integers(0, self.n_windows // self.starts, size=n)
+            start = rng.integers(0, min(self.early_window, self.starts), size=n)
+            draws = np.where(early, trajectory * self.starts + start, draws)
         span = self.positions()
         return iter(draws[span.start : span.stop].tolist())
 

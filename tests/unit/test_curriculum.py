@@ -73,6 +73,8 @@ def test_zero_warmup_starts_at_peak():
         ({"stages": ()}, "empty"),
         ({"stages": (Stage(1, 1, 0.0),), "warmup_steps": 10, "batches_per_epoch": 10}, "warmup_steps"),
         ({"stages": (Stage(1, 1, 0.0),), "lr_floor": 1.5}, "lr_floor"),
+        ({"stages": (Stage(1, 1, 0.0),), "early_fraction": -0.1}, "early_fraction"),
+        ({"stages": (Stage(1, 1, 0.0),), "early_fraction": 0.1}, "set curriculum.early_window"),
     ],
 )
 def test_invalid_curricula_are_rejected(kwargs, message):

@@ -83,6 +83,20 @@ def test_epoch_sampler_is_seeded_sliceable_and_equal_per_rank():
     assert all(len(r) == 40 for r in ranks) and ranks[0] != ranks[1]
 
 
+def test_early_windows_take_their_fraction_and_leave_uniform_draws_unchanged():
+    uniform = list(EpochSampler(1000, 4, 10, seed=3))
+    assert list(EpochSampler(1000, 4, 10, seed=3, starts=100, early_fraction=0.0, early_window=5)) == uniform
+    draws = np.array(list(EpochSampler(1000, 64, 100, seed=3, starts=100, early_fraction=0.25, early_window=5)))
+    early = draws % 100 < 5
+    # 25 % forced early plus the uniform draws' own 5 % of the remaining 75 %.
+    assert early.mean() == pytest.approx(0.25 + 0.75 * 0.05, abs=0.01)
+    assert set(draws[early] // 100) == set(range(10))  # every trajectory's start is drawn
+    resumed = EpochSampler(1000, 64, 100, seed=3, start_batch=40, starts=100, early_fraction=0.25, early_window=5)
+    assert list(resumed) == draws[40 * 64 :].tolist()
+    with pytest.raises(ValueError, match="windows per trajectory"):
+        EpochSampler(1000, 4, 10, seed=3, early_fraction=0.1, early_window=5)
+
+
 def test_input_noise_is_a_function_of_its_coordinates():
     batch = {"rho": torch.zeros(8, 3, 6, 6, dtype=torch.complex64), "Q": torch.zeros(8, 3, 6)}
     whole = input_noise(batch, 0.5, seed=1, rank=0, epoch=2, first_position=16)
