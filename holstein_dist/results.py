@@ -102,12 +102,30 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int],
     for order in ORDER_KEYS:
         rows.append((f"autocorr max abs error, {order}", [r["autocorr_max_abs_error"][order] for r in reports]))
         rows.append((f"autocorr mean abs error, {order}", [r["autocorr_mean_abs_error"][order] for r in reports]))
+    rows += coherent_rows(reports, steps)
     rows.append(("divergent fraction", [r["divergent_fraction"] for r in reports]))
     for order in ORDER_KEYS:
         rows.append((f"Wasserstein-1, {order}", [r["wasserstein"][order] for r in reports]))
     for field in ("Q", "density"):
         rows.append((f"S(q) peak-mode autocorr max abs error, {field}",
                      [r.get("structure_factor", {}).get(field, {}).get("autocorr_max_abs_error") for r in reports]))
+    return rows
+
+
+def coherent_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int]) -> list[tuple[str, list[Any]]]:
+    """|lag| and |amplitude error| of the rollouts' mean oscillation in the report window holding each step
+    (``metrics.coherent_error``; signs are in report.json); None for a report without the section."""
+    rows: list[tuple[str, list[Any]]] = []
+    for order in ORDER_KEYS:
+        for step in steps:
+            windows = [next((w for w in (r.get("coherent") or {}).get(order, []) if w["start"] <= step <= w["stop"]),
+                            None) for r in reports]
+            span = next((f"steps {w['start']}-{w['stop']}" for w in windows if w is not None), None)
+            if span is None:
+                continue
+            for field, label in (("lag_steps", "|lag| (steps)"), ("amplitude_error", "|amplitude error|")):
+                rows.append((f"mean {order} oscillation {label}, {span}",
+                             [None if w is None or w[field] is None else abs(w[field]) for w in windows]))
     return rows
 
 

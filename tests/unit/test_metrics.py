@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from holstein_dist import metrics
+from holstein_dist.metrics import coherent_error
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -413,3 +414,41 @@ def test_order_parameters_are_reexported_from_physics():
 
     assert metrics.charge_order is physics.charge_order
     assert metrics.lattice_order is physics.lattice_order
+
+
+def _quench_ensemble(n: int, steps: int, shift: float = 0.0, scale: float = 1.0, spread: float = 1e-3,
+                     seed: int = 0) -> np.ndarray:
+    """n rollouts of one damped-free oscillation (period 48 steps) around 0.3, shifted by ``shift`` steps."""
+    t = np.arange(steps + 1) - shift
+    rng = np.random.default_rng(seed)
+    return 0.3 + scale * 0.15 * np.cos(2 * np.pi * t / 48)[None, :] + spread * rng.standard_normal((n, 1))
+
+
+def test_coherent_error_recovers_a_lag_a_growing_lag_and_an_amplitude_error():
+    truth = _quench_ensemble(16, 300)
+    constant = coherent_error(truth, _quench_ensemble(16, 300, shift=0.1), window=100)
+    assert [r["start"] for r in constant] == [1, 101, 201] and constant[-1]["stop"] == 300
+    for row in constant:
+        assert row["lag_steps"] == pytest.approx(0.1, rel=0.02)
+        assert abs(row["amplitude_error"]) < 1e-3 and row["coherence"] > 0.99
+        assert row["systematic_share"] == pytest.approx(1.0, abs=0.02)  # every rollout errs alike
+    # A rate error: the lag grows by 0.1 step per 100 steps.
+    t = np.arange(301)
+    slow = 0.3 + 0.15 * np.cos(2 * np.pi * (t - t / 1000) / 48)[None, :] + (truth - truth.mean(0))
+    lags = [r["lag_steps"] for r in coherent_error(truth, slow, window=100)]
+    assert lags[0] < lags[1] < lags[2] and lags[2] - lags[0] == pytest.approx(0.2, rel=0.1)
+    bigger = coherent_error(truth, _quench_ensemble(16, 300, scale=1.02), window=100)
+    assert all(r["amplitude_error"] == pytest.approx(0.02, rel=0.05) and abs(r["lag_steps"]) < 1e-3 for r in bigger)
+
+
+def test_coherent_error_declines_to_fit_decorrelated_rollouts():
+    rng = np.random.default_rng(1)
+    phases = rng.uniform(0, 2 * np.pi, size=(64, 1))  # a chaotic quench: no shared phase, mean ~ flat
+    truth = np.cos(2 * np.pi * np.arange(201) / 48 + phases)
+    rows = coherent_error(truth, np.roll(truth, 1, axis=0), window=100)
+    assert all(r["coherence"] < 0.5 and r["lag_steps"] is None and r["residual"] is None for r in rows)
+    assert all(r["systematic_share"] < 0.5 for r in rows)  # most of the error is rollout-specific
+    with pytest.raises(ValueError, match="differ in shape"):
+        coherent_error(truth, truth[:, :10])
+    with pytest.raises(ValueError, match="at least 4"):
+        coherent_error(truth, truth, window=2)

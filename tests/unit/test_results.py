@@ -57,6 +57,20 @@ def test_table_compares_reports_on_one_test_set_only(tiny_run, tiny_data, tmp_pa
     assert err.startswith("error: c was evaluated with other steps") and err.count("\n") == 1
 
 
+def test_coherent_rows_take_the_window_holding_each_step_and_tolerate_older_reports():
+    def report(lag: float | None) -> dict:
+        windows = [{"start": 1, "stop": 100, "lag_steps": lag, "amplitude_error": -0.01},
+                   {"start": 101, "stop": 200, "lag_steps": None if lag is None else 2 * lag, "amplitude_error": None}]
+        return {"coherent": {"charge": windows, "lattice": windows}}
+
+    rows = dict(results.coherent_rows([report(-0.1), report(0.05), {}], [100, 150, 999]))
+    assert rows["mean lattice oscillation |lag| (steps), steps 1-100"] == [0.1, 0.05, None]
+    assert rows["mean charge oscillation |lag| (steps), steps 101-200"] == [0.2, 0.1, None]
+    assert rows["mean charge oscillation |amplitude error|, steps 101-200"] == [None, None, None]
+    assert not any("999" in label for label in rows)  # a step past every window adds no row
+    assert len(rows) == 2 * 2 * 2
+
+
 def test_climate_score_ranks_rollout_curve_by_autocorrelation_and_divergence(tiny_run, tiny_data, tmp_path, capsys):
     out = tmp_path / "climate.csv"
     assert results.main(["rollout-curve", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "8",
