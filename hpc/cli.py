@@ -121,7 +121,8 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
         text = f.metadata["flag"]
         if f.default not in (None, False, dataclasses.MISSING):
             text += f" (default: {f.default})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+        # argparse %-formats help strings; a field's text is plain prose ("~90 % of ..."), so escape it.
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
         tp = hints[f.name]
         if tp is bool:
             kwargs["action"] = "store_true"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from holstein_dist import evaluate, generate, train
+from holstein_dist import ensemble, evaluate, generate, results, train
 from hpc import submit
 from hpc.cli import UserError
 
@@ -48,6 +48,19 @@ def test_bad_command_line_is_one_error_line_with_status_2(main, argv, capsys) ->
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--help" in err, err
+
+
+@pytest.mark.parametrize("main, argv", [
+    (generate.main, ["--help"]), (train.main, ["--help"]), (evaluate.main, ["--help"]), (submit.main, ["--help"]),
+    (ensemble.main, ["--help"]), (results.main, ["--help"]),
+    *((results.main, [sub, "--help"]) for sub in ("table", "curve", "rollout-curve", "calibrate", "score",
+                                                   "average", "ensemble")),
+])
+def test_every_help_text_prints(main, argv, capsys) -> None:
+    """argparse %-formats help; a literal "%" in a field's text once made evaluate --help crash."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
 def test_config_error_is_the_user_error() -> None:
