@@ -117,12 +117,14 @@ def coherent_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int]) ->
     (``metrics.coherent_error``; signs are in report.json); None for a report without the section."""
     rows: list[tuple[str, list[Any]]] = []
     for order in ORDER_KEYS:
+        spans: list[str] = []
         for step in steps:
             windows = [next((w for w in (r.get("coherent") or {}).get(order, []) if w["start"] <= step <= w["stop"]),
                             None) for r in reports]
             span = next((f"steps {w['start']}-{w['stop']}" for w in windows if w is not None), None)
-            if span is None:
+            if span is None or span in spans:  # steps 1 and 100 share the first window: one pair of rows
                 continue
+            spans.append(span)
             for field, label in (("lag_steps", "|lag| (steps)"), ("amplitude_error", "|amplitude error|")):
                 rows.append((f"mean {order} oscillation {label}, {span}",
                              [None if w is None or w[field] is None else abs(w[field]) for w in windows]))

@@ -63,7 +63,9 @@ def test_coherent_rows_take_the_window_holding_each_step_and_tolerate_older_repo
                    {"start": 101, "stop": 200, "lag_steps": None if lag is None else 2 * lag, "amplitude_error": None}]
         return {"coherent": {"charge": windows, "lattice": windows}}
 
-    rows = dict(results.coherent_rows([report(-0.1), report(0.05), {}], [100, 150, 999]))
+    listed = results.coherent_rows([report(-0.1), report(0.05), {}], [1, 100, 150, 999])
+    rows = dict(listed)
+    assert len(rows) == len(listed)  # steps 1 and 100 share a window: its rows come once
     assert rows["mean lattice oscillation |lag| (steps), steps 1-100"] == [0.1, 0.05, None]
     assert rows["mean charge oscillation |lag| (steps), steps 101-200"] == [0.2, 0.1, None]
     assert rows["mean charge oscillation |amplitude error|, steps 101-200"] == [None, None, None]
