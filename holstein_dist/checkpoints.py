@@ -99,7 +99,11 @@ def average_models(sources: Sequence[str | Path], out: str | Path) -> Path:
     payloads = [(Path(s), read_payload(resolve(Path(s))[1])) for s in sources]
     first_path, first = payloads[0]
     for path, payload in payloads[1:]:
-        for key in ("model_config", "scales", "data_signature"):
+        # Configs compare after defaults, so a file written before a new ModelConfig field still matches.
+        if _config_of(payload, path) != _config_of(first, first_path):
+            raise ValueError(f"{str(path)!r} has another model_config than {str(first_path)!r}; average "
+                             "checkpoints of one run (same model and data) only")
+        for key in ("scales", "data_signature"):
             if payload[key] != first[key]:
                 raise ValueError(f"{str(path)!r} has another {key} than {str(first_path)!r}; average checkpoints "
                                  "of one run (same model and data) only")

@@ -117,6 +117,8 @@ def test_pooled_rows_and_the_balanced_score_average_over_windows_of_steps(tiny_r
 
 
 def test_average_writes_the_mean_weights_of_checkpoints_of_one_run(tiny_run, tiny_data, tmp_path, capsys):
+    from hpc.checkpoint import atomic_save, load_checkpoint
+
     kept = sorted((tiny_run / "checkpoints").glob("step-*.pt"))
     assert len(kept) >= 2
     out = tmp_path / "mean.pt"
@@ -136,6 +138,12 @@ def test_average_writes_the_mean_weights_of_checkpoints_of_one_run(tiny_run, tin
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "another model_config" in err and err.count("\n") == 1
     assert not refused.exists()
+    # A file written before a ModelConfig field existed (no "symmetrize" key) averages with a newer one.
+    old = tmp_path / "old.pt"
+    payload = load_checkpoint(kept[0])
+    payload["model_config"].pop("symmetrize")
+    atomic_save(payload, old)
+    assert results.main(["average", str(old), str(kept[1]), "--out", str(tmp_path / "mixed.pt")]) == 0
 
 
 def test_scale_increments_multiplies_every_predicted_increment(tiny_run, tmp_path, capsys):
