@@ -504,8 +504,8 @@ def coherent_error(truth: Any, model: Any, window: int = COHERENT_WINDOW) -> lis
     """How the rollouts' MEAN order-parameter trajectory errs: a lag, an amplitude error or an offset.
 
     Rollouts that start from one quench ensemble share a coherent oscillation (the rollout mean); measured on
-    the shallow quench, over 99 % of a model's per-step Q and P error is that mean's error, so one step's RMSE
-    there samples one scalar oscillation at one phase. Per window of ``window`` snapshot steps (step 0, the
+    the shallow quench, at most steps ~99 % of a model's per-step Q and P RMSE is that mean's error, so one
+    step's RMSE there samples one scalar oscillation at one phase. Per window of ``window`` snapshot steps (step 0, the
     exact initial state, excluded) the mean error ``e(t) = <model>(t) - <truth>(t)`` is fitted by least squares
     as ``offset + amplitude_error * (m(t) - mean_t m) - lag_steps * dm/dt`` with ``m = <truth>`` and ``dm/dt``
     its central difference per step: ``<model>(t) ~ m(t - lag)`` to first order, so ``lag_steps`` > 0 means

@@ -621,11 +621,10 @@ class Trainer:
             windows = train[stage.n_step]
             epoch_steps = self.curriculum.epoch_steps(pos.stage)
             stop = min(epoch_steps, pos.step_in_epoch + self.end - self.step)
-            curriculum = self.curriculum
             sampler = EpochSampler(
                 len(windows), cfg.batch_size, epoch_steps, cfg.seed, env.rank, pos.step_in_epoch, stop,
-                starts=windows.starts, early_fraction=curriculum.early_fraction,
-                early_window=curriculum.early_window,
+                starts=windows.starts, early_fraction=self.curriculum.early_fraction,
+                early_window=self.curriculum.early_window,
             )
             sampler.set_epoch(pos.epoch)
             loader = make_loader(windows, sampler, cfg.batch_size, cfg.num_workers, self.device.type == "cuda")
