@@ -26,6 +26,11 @@ class Stage:
     """Std of the Gaussian noise added to the input state (physical units, every real component)."""
     epoch_multiplier: int = 1
     """An epoch of this stage is ``epoch_multiplier x batches_per_epoch`` steps (paper: x4, x2 early)."""
+    noise_carry: float = 0.0
+    """Fraction of the input noise also added to every target state of the window. 0 (the original recipe):
+    the model learns to remove the noise, i.e. to contract perturbed states towards the data, which on a
+    conservative system is a friction (each step shrinks a component by about noise^2 / its variance). 1:
+    the noise is pure augmentation; the model learns the increment at the perturbed state, no contraction."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.n_step < 1 or self.epoch_multiplier < 1:
@@ -34,6 +39,8 @@ class Stage:
             )
         if not (self.noise >= 0 and math.isfinite(self.noise)):
             raise ValueError(f"stage noise is {self.noise}; use a finite std >= 0")
+        if not 0 <= self.noise_carry <= 1:
+            raise ValueError(f"stage noise_carry is {self.noise_carry}; use a fraction in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,6 +60,8 @@ from holstein_dist.metrics import (
     to_numpy,
     wasserstein1,
     wavevectors,
+    window_means,
+    window_spans,
 )
 from holstein_dist.model import Surrogate
 from holstein_dist.physics import HALF_FILLING, STATE_KEYS, staggered_density
@@ -79,6 +81,11 @@ STRUCTURE_KEYS = ("Q", "density")
 # ~0.5-4e-4, while the deep quench at L=32 swings over ~0.3-1.2 and the shallow quench at L=16 over
 # ~0.1 (charge) and ~0.4 (lattice). 1e-2 lies more than an order of magnitude from both sides.
 NOISE_LEVEL_RANGE = 1e-2
+
+MOTION_KEYS = ("kinetic", "walls")
+"""The lattice-motion series of ``state_series``, averaged per window in the report's ``lattice_motion``."""
+SERIES_KEYS = (*ORDER_KEYS, "energy", *MOTION_KEYS)
+"""The per-rollout ``[n, T+1]`` series ``state_series`` returns (a share's truth adds "energy_stored")."""
 
 # Bound on the complex128 scratch of the observable computation (entries per time chunk, ~64 MiB).
 _SERIES_CHUNK_ENTRIES = 1 << 22
@@ -300,13 +307,14 @@ class Share:
 
 
 def state_series(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, plan: Plan) -> dict[str, np.ndarray]:
-    """Charge order, lattice order and energy per site (at g_f), ``[n, T+1]`` float64.
+    """Charge order, lattice order, energy per site (at g_f), lattice kinetic energy per site and domain
+    walls per ring (``physics.lattice_kinetic_energy``, ``physics.domain_walls``), ``[n, T+1]`` float64.
 
     Computed in float64 whatever the storage or model precision, in time chunks so that the
     complex128 copies stay small for long rollouts.
     """
     n, n_times, L = Q.shape
-    out = {key: np.empty((n, n_times)) for key in (*ORDER_KEYS, "energy")}
+    out = {key: np.empty((n, n_times)) for key in SERIES_KEYS}
     chunk = max(1, _SERIES_CHUNK_ENTRIES // max(1, n * L * L))
     for start in range(0, n_times, chunk):
         window = slice(start, start + chunk)
@@ -316,6 +324,8 @@ def state_series(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, plan: Plan) -> d
         out["charge"][:, window] = charge_order(r)
         out["lattice"][:, window] = lattice_order(q)
         out["energy"][:, window] = physics.energy(r, q, p, g=plan.g_f, K0=plan.K0, eta=plan.eta) / L
+        out["kinetic"][:, window] = physics.lattice_kinetic_energy(p, K0=plan.K0, eta=plan.eta)
+        out["walls"][:, window] = physics.domain_walls(q)
     return out
 
 
@@ -376,8 +386,8 @@ def _empty_share(plan: Plan, with_model: bool) -> Share:
     empty = np.empty((0, plan.steps + 1))
     empty_modes = dict.fromkeys(STRUCTURE_KEYS, np.empty((0, plan.steps + 1, plan.L // 2 + 1), np.float32))
     return Share(
-        truth={key: empty for key in (*ORDER_KEYS, "energy", "energy_stored")},
-        model={key: empty for key in (*ORDER_KEYS, "energy")} if with_model else None,
+        truth={key: empty for key in (*SERIES_KEYS, "energy_stored")},
+        model=dict.fromkeys(SERIES_KEYS, empty) if with_model else None,
         squared_errors={key: np.zeros(plan.steps + 1) for key in RMSE_COMPONENTS} if with_model else None,
         pattern=None,
         modes={"truth": empty_modes, **({"model": empty_modes} if with_model else {})},
@@ -515,6 +525,7 @@ def truth_metrics(merged: Share, plan: Plan) -> dict[str, Any]:
     return {
         "autocorr": {key: {"truth": autocorrelation(truth[key], plan.max_lag)} for key in ORDER_KEYS},
         "ranges": {"truth": _ranges(truth)},
+        "lattice_motion": lattice_motion_part("truth", truth),
         "energy_drift": {
             # Recomputed from the stored (single-precision) snapshots exactly as for the model: its floor.
             "truth": energy_drift(truth["energy"]),
@@ -531,6 +542,21 @@ def _try(metric: str, notes: list[str], fn: Any, *args: Any) -> Any:
     except ValueError as exc:
         notes.append(f"{metric}: {exc}")
         return None
+
+
+def lattice_motion_part(side: str, series: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+    """One side ("truth" or "model") of the report's ``lattice_motion`` section: per window of
+    ``COHERENT_WINDOW`` steps, the mean lattice kinetic energy per site and the mean number of domain walls.
+
+    The gauges of a surrogate that freezes: measured on the deep quench, a model whose one-step error halved
+    cooled the lattice 100-fold within 200 steps while its total energy moved by 0.05 per site.
+    """
+    if series is None:
+        return {key: {side: None} for key in MOTION_KEYS}
+    part: dict[str, Any] = {key: {side: window_means(series[key])} for key in MOTION_KEYS}
+    if side == "truth":
+        part["windows"] = [list(span) for span in window_spans(series["kinetic"].shape[1])]
+    return part
 
 
 def climate_mask(merged: Share) -> np.ndarray:
@@ -568,6 +594,7 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
         "autocorr": autocorr,
         "ranges": {"model": _ranges({k: v[kept] for k, v in model.items()}) if kept.any() else None},
         "energy_drift": {"model": energy_drift(model["energy"][kept]) if kept.any() else None},
+        "lattice_motion": lattice_motion_part("model", {k: v[kept] for k, v in model.items()} if kept.any() else None),
         "divergent_fraction": float(np.mean(diverged)),
         "divergent_rollouts": int(np.sum(diverged)),
         "climate_rollouts": int(np.sum(kept)),
@@ -793,6 +820,21 @@ def coherent_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def lattice_motion_lines(report: Mapping[str, Any]) -> list[str]:
+    """The lattice's kinetic energy and domain walls, first and last window, truth and (kept) model rollouts."""
+    motion = report.get("lattice_motion")
+    if not motion or not motion.get("windows"):
+        return []
+    windows = motion["windows"]
+    lines = []
+    for key, label in (("kinetic", "lattice kinetic energy per site"), ("walls", "domain walls per ring")):
+        values = {side: motion[key].get(side) for side in ("truth", "model")}
+        text = ", ".join(f"{side} {_fmt(v[0])} -> {_fmt(v[-1])}" for side, v in values.items() if v is not None)
+        lines.append(f"  {label} (steps {windows[0][0]}-{windows[0][1]} -> {windows[-1][0]}-{windows[-1][1]}): "
+                     + text)
+    return lines
+
+
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     """A short human-readable table of the headline numbers."""
     data, timing, base = report["data"], report["timing"], report["physics_baseline"]
@@ -821,6 +863,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                      f"{_fmt(acf['charge']['truth'][-1])}, lattice {_fmt(acf['lattice']['truth'][-1])}; energy "
                      f"drift (integrator) {_fmt(report['energy_drift']['truth_integrator']['max_abs'])}")
     lines += coherent_lines(report)
+    lines += lattice_motion_lines(report)
     lines += structure_factor_lines(report)
     lines += ensemble_summary_lines(report)
     lines += [f"  WARNING: {warning}" for warning in report.get("warnings", [])]

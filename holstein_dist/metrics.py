@@ -525,9 +525,7 @@ def coherent_error(truth: Any, model: Any, window: int = COHERENT_WINDOW) -> lis
     mean_truth, error = truth.mean(axis=0), model.mean(axis=0) - truth.mean(axis=0)
     rate = np.gradient(mean_truth)
     rows = []
-    last = truth.shape[1] - 1
-    for start in range(1, last + 1, window):
-        stop = min(start + window - 1, last)
+    for start, stop in window_spans(truth.shape[1], window):
         span = slice(start, stop + 1)
         m, e = mean_truth[span], error[span]
         swing, spread = float(np.std(m)), float(np.sqrt(np.mean(np.var(truth[:, span], axis=0))))
@@ -545,3 +543,16 @@ def coherent_error(truth: Any, model: Any, window: int = COHERENT_WINDOW) -> lis
                        residual=float(np.sqrt(np.mean((e - basis @ coef) ** 2))))
         rows.append(row)
     return rows
+
+
+def window_spans(n_times: int, window: int = COHERENT_WINDOW) -> list[tuple[int, int]]:
+    """``(start, stop)`` (stop inclusive) of consecutive windows of ``window`` steps over steps 1..n_times-1:
+    the windows of :func:`coherent_error` and :func:`window_means` (step 0, the exact initial state, is out)."""
+    last = n_times - 1
+    return [(start, min(start + window - 1, last)) for start in range(1, last + 1, window)]
+
+
+def window_means(series: Any, window: int = COHERENT_WINDOW) -> np.ndarray:
+    """Mean over rollouts and over each window's steps of an ``[n, T+1]`` series: one number per window."""
+    x = _as_ensemble(series, "series")
+    return np.array([x[:, start:stop + 1].mean() for start, stop in window_spans(x.shape[1], window)])

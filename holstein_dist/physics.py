@@ -592,6 +592,28 @@ def lattice_order(Q):
     return (Q * _ops(Q).stagger(Q.shape[-1], Q)).mean(-1)
 
 
+def lattice_kinetic_energy(P: np.ndarray, *, K0: float = K0_DEFAULT, eta: float = ETA_DEFAULT) -> np.ndarray:
+    """Kinetic energy of the lattice per site, ``K0/(2 eta) mean_i P_i^2`` (numpy, any batch).
+
+    The lattice's temperature gauge: after a quench the exact dynamics keeps it at a steady level, while a
+    surrogate with friction cools it towards 0 (and one with anti-friction heats it) even when the total
+    energy barely moves, because the lattice holds a small share of it.
+    """
+    return K0 / (2.0 * eta) * np.mean(np.square(P, dtype=np.float64), axis=-1)
+
+
+def domain_walls(Q: np.ndarray) -> np.ndarray:
+    """Domain walls of the CDW per ring: sign changes of the staggered field ``(-1)^i Q_i`` between
+    neighbours, the ring closed (numpy, any batch; an even count on an even ring).
+
+    After a deep quench the order grows in domains of both signs; the walls between them move and carry
+    the slow swings of the lattice order. A surrogate whose walls stop or annihilate freezes that order
+    even where its one-step error is small.
+    """
+    staggered = Q * _NumpyOps.stagger(Q.shape[-1], Q)
+    return np.count_nonzero(np.signbit(staggered) != np.signbit(np.roll(staggered, -1, axis=-1)), axis=-1)
+
+
 def purity(rho):
     """``Tr rho^2`` (real; conserved by unitary evolution)."""
     return (rho * rho.swapaxes(-1, -2)).sum((-2, -1)).real

@@ -103,6 +103,7 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int],
         rows.append((f"autocorr max abs error, {order}", [r["autocorr_max_abs_error"][order] for r in reports]))
         rows.append((f"autocorr mean abs error, {order}", [r["autocorr_mean_abs_error"][order] for r in reports]))
     rows += coherent_rows(reports, steps)
+    rows += lattice_motion_rows(reports)
     rows.append(("divergent fraction", [r["divergent_fraction"] for r in reports]))
     for order in ORDER_KEYS:
         rows.append((f"Wasserstein-1, {order}", [r["wasserstein"][order] for r in reports]))
@@ -129,6 +130,29 @@ def coherent_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int]) ->
                 rows.append((f"mean {order} oscillation {label}, {span}",
                              [None if w is None or w[field] is None else abs(w[field]) for w in windows]))
     return rows
+
+
+def lattice_motion_rows(reports: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """How far the last window's lattice kinetic energy (the factor between model and truth, >= 1) and domain
+    walls per ring (the difference) of the ``lattice_motion`` section are from the truth, lower is better like
+    every row; no rows when no report has the section (one made before it existed)."""
+    sections = [r.get("lattice_motion") or {} for r in reports]
+    first = next((m for m in sections if m.get("windows")), None)
+    if first is None:
+        return []
+    span = "steps {}-{}".format(*first["windows"][-1])
+
+    def last(m: Mapping[str, Any], key: str) -> tuple[float | None, float | None]:
+        return tuple(((m.get(key) or {}).get(side) or [None])[-1] for side in ("model", "truth"))
+
+    factors, wall_gaps = [], []
+    for m in sections:
+        model, truth = last(m, "kinetic")
+        factors.append(None if model is None or not truth or model <= 0 else max(model / truth, truth / model))
+        model, truth = last(m, "walls")
+        wall_gaps.append(None if model is None or truth is None else abs(model - truth))
+    return [(f"lattice kinetic energy, factor off the truth, {span}", factors),
+            (f"domain walls per ring, abs error (truth {_fmt(last(first, 'walls')[1])}), {span}", wall_gaps)]
 
 
 def check_same_test_set(reports: Sequence[Mapping[str, Any]], names: Sequence[str]) -> None:

@@ -235,6 +235,18 @@ def rollout_loss(
     return total, state_terms, deriv_terms
 
 
+def carry_noise(batch: dict[str, Tensor], noise: State, fraction: float) -> dict[str, Tensor]:
+    """A copy of ``batch`` whose target states (snapshots 1..n) carry ``fraction`` of the input noise.
+
+    The derivative labels stay those of the clean trajectory: they are the data's, not a state's.
+    """
+    out = dict(batch)
+    for key, n in zip(STATE_KEYS, noise, strict=True):
+        target = batch[key][:, 1:] + fraction * n.unsqueeze(1)
+        out[key] = torch.cat([batch[key][:, :1], target], dim=1)
+    return out
+
+
 class Rollout(nn.Module):
     """Unrolls a surrogate on its own predictions inside ONE forward call.
 
@@ -527,6 +539,8 @@ class Trainer:
         if stage.noise > 0:
             n_rho, n_Q, n_P = input_noise(batch, stage.noise, self.cfg.seed, self.env.rank, epoch, position)
             rho, Q, P = rho + n_rho, Q + n_Q, P + n_P
+            if stage.noise_carry > 0:
+                batch = carry_noise(batch, (n_rho, n_Q, n_P), stage.noise_carry)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             states, derivatives = self.rollout(rho, Q, P, stage.n_step)
         loss, state_terms, deriv_terms = rollout_loss(states, derivatives, batch)

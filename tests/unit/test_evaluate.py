@@ -109,6 +109,12 @@ def test_reference_model_reproduces_truth_statistics(model_report: tuple[dict[st
         assert len(values) == N_STEPS + 1 and np.all(np.isfinite(values)), key
         assert values[0] == 0.0, key  # step 0 is the ground-truth input itself
         assert 0.0 < values[-1] < 0.02, key
+    # The shallow quench has no domains, and the original model keeps the lattice moving like the truth.
+    motion = report["lattice_motion"]
+    assert motion["windows"][0] == [1, min(100, N_STEPS)]
+    assert max(motion["walls"]["truth"]) < 1
+    for truth, model in zip(motion["kinetic"]["truth"], motion["kinetic"]["model"], strict=True):
+        assert truth > 0 and model == pytest.approx(truth, rel=0.05)
     # A surrogate does not conserve energy exactly; the stored truth does to float precision.
     assert report["energy_drift"]["truth_integrator"]["max_abs"] < 1e-10
     assert report["energy_drift"]["truth"]["max_abs"] < 1e-6
@@ -313,7 +319,8 @@ def synthetic_truth_share(span: float, with_modes: bool, n: int = 3, steps: int 
     swing = 0.5 * span * np.sin(np.linspace(0.0, 6.0, steps + 1) + np.arange(n)[:, None])
     modes = {"truth": dict.fromkeys(("Q", "density"), np.abs(_rng_normal((n, steps + 1, L // 2 + 1))))}
     return evaluate.Share(truth={"charge": swing, "lattice": 2 * swing, "energy": np.zeros((n, steps + 1)),
-                                 "energy_stored": np.zeros((n, steps + 1))},
+                                 "energy_stored": np.zeros((n, steps + 1)), "kinetic": np.full((n, steps + 1), 1e-3),
+                                 "walls": np.zeros((n, steps + 1))},
                           model=None, squared_errors=None, pattern=None, rollout_seconds=0.0,
                           baseline={"seconds": 0.0, "trajectory_steps": 0}, modes=modes if with_modes else None)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from holstein_dist import metrics
-from holstein_dist.metrics import coherent_error
+from holstein_dist.metrics import coherent_error, window_means, window_spans
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -452,3 +452,11 @@ def test_coherent_error_declines_to_fit_decorrelated_rollouts():
         coherent_error(truth, truth[:, :10])
     with pytest.raises(ValueError, match="at least 4"):
         coherent_error(truth, truth, window=2)
+
+
+def test_window_means_average_rollouts_and_steps_of_each_window_leaving_out_step_0():
+    series = np.array([np.arange(251.0), np.arange(251.0) + 2])
+    assert window_spans(251, 100) == [(1, 100), (101, 200), (201, 250)]
+    np.testing.assert_allclose(window_means(series, 100), [51.5, 151.5, 226.5])
+    with pytest.raises(ValueError, match="series is empty"):
+        window_means(np.zeros((0, 5)))

@@ -149,6 +149,25 @@ def test_order_parameters_numpy_and_torch():
     np.testing.assert_allclose(ph.lattice_order(torch.from_numpy(Q)).numpy(), ph.lattice_order(Q))
 
 
+def test_domain_walls_count_the_sign_changes_of_the_staggered_lattice_around_the_ring():
+    L = 16
+    sign = (-1.0) ** np.arange(L)
+    one_domain = 0.4 * sign
+    two_domains = np.where(np.arange(L) < 5, 0.4, -0.3) * sign  # walls between sites 4|5 and 15|0
+    four_domains = np.where((np.arange(L) // 4) % 2 == 0, 0.2, -0.2) * sign
+    Q = np.stack([one_domain, -one_domain, two_domains, four_domains])
+    np.testing.assert_array_equal(ph.domain_walls(Q), [0, 0, 2, 4])
+    assert ph.domain_walls(Q[None]).shape == (1, 4)  # any batch
+
+
+def test_lattice_kinetic_energy_is_the_momentum_part_of_the_energy_per_site():
+    rho, Q, _ = _random_batch((3,), 16)
+    P = np.random.default_rng(1).normal(0.0, 0.3, Q.shape)
+    got = ph.lattice_kinetic_energy(P, K0=0.7, eta=1.3)
+    without = ph.energy(rho, Q, np.zeros_like(P), g=0.8, K0=0.7, eta=1.3)
+    np.testing.assert_allclose(got * 16, ph.energy(rho, Q, P, g=0.8, K0=0.7, eta=1.3) - without, rtol=1e-10)
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [

@@ -73,6 +73,20 @@ def test_coherent_rows_take_the_window_holding_each_step_and_tolerate_older_repo
     assert len(rows) == 2 * 2 * 2
 
 
+def test_lattice_motion_rows_measure_the_distance_to_the_truth_and_tolerate_older_reports():
+    def report(kinetic: float, walls: float) -> dict:
+        return {"lattice_motion": {"windows": [[1, 100], [101, 200]],
+                                   "kinetic": {"truth": [0.01, 0.004], "model": [0.01, kinetic]},
+                                   "walls": {"truth": [2.6, 2.5], "model": [2.6, walls]}}}
+
+    frozen, hot, none_kept = report(0.0001, 0.5), report(0.012, 3.0), report(0.0, 2.0)
+    none_kept["lattice_motion"]["kinetic"]["model"] = None
+    rows = dict(results.lattice_motion_rows([frozen, hot, none_kept, {}]))
+    assert rows["lattice kinetic energy, factor off the truth, steps 101-200"] == pytest.approx([40.0, 3.0, None, None])
+    assert rows["domain walls per ring, abs error (truth 2.500), steps 101-200"] == pytest.approx([2.0, 0.5, 0.5, None])
+    assert results.lattice_motion_rows([{}, {"coherent": {}}]) == []
+
+
 def test_climate_score_ranks_rollout_curve_by_autocorrelation_and_divergence(tiny_run, tiny_data, tmp_path, capsys):
     out = tmp_path / "climate.csv"
     assert results.main(["rollout-curve", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "8",

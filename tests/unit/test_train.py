@@ -107,6 +107,45 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
+def _window_batch(B: int, L: int, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    snaps = [_random_state(B, L, gen) for _ in range(n + 1)]
+    derivs = [_random_state(B, L, gen) for _ in range(n)]
+    batch = {k: torch.stack([s[i] for s in snaps], 1) for i, k in enumerate(("rho", "Q", "P"))}
+    batch.update({k: torch.stack([s[i] for s in derivs], 1) for i, k in enumerate(("drho", "dQ", "dP"))})
+    return batch
+
+
+def test_carry_noise_shifts_every_target_state_and_nothing_else():
+    gen = torch.Generator().manual_seed(3)
+    batch = _window_batch(2, 4, 3, gen)
+    noise = _random_state(2, 4, gen)
+    out = train.carry_noise(batch, noise, 0.25)
+    for key, n in zip(("rho", "Q", "P"), noise):
+        torch.testing.assert_close(out[key][:, 0], batch[key][:, 0])  # the input snapshot: noised elsewhere
+        for k in range(1, 4):
+            torch.testing.assert_close(out[key][:, k], batch[key][:, k] + 0.25 * n)
+    for key in ("drho", "dQ", "dP"):
+        assert out[key] is batch[key]
+
+
+@pytest.mark.parametrize("carry, radius", [(0.0, 1 / (1 + 0.3**2)), (1.0, 1.0)])
+def test_uncarried_input_noise_fits_a_friction_into_a_conservative_map(carry, radius):
+    """Why noise_carry exists: the least-squares one-step map of a rotation (a conservative system) fitted
+    on inputs with noise of std 0.3 against clean targets shrinks every step by var / (var + 0.3^2);
+    with the noise carried into the targets it is the rotation again."""
+    gen = torch.Generator().manual_seed(4)
+    n, theta = 200_000, 0.3
+    x = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    rot = torch.tensor([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]], dtype=torch.float64)
+    batch = {"Q": torch.stack([x, x @ rot.T], 1), "P": torch.zeros(n, 2, 2, dtype=torch.float64),
+             "rho": torch.zeros(n, 2, 2, 2, dtype=torch.complex128)}
+    noise = 0.3 * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    no_noise_rho, no_noise_P = torch.zeros(n, 2, 2, dtype=torch.complex128), torch.zeros(n, 2, dtype=torch.float64)
+    targets = train.carry_noise(batch, (no_noise_rho, noise, no_noise_P), carry)["Q"][:, 1]
+    fitted = torch.linalg.lstsq(x + noise, targets).solution.T
+    assert torch.linalg.eigvals(fitted).abs().max().item() == pytest.approx(radius, abs=5e-3)
+
+
 # --------------------------------------------------------------------------- real runs
 
 
@@ -196,6 +235,7 @@ def test_one_piece_of_the_composition_root_can_be_swapped(tiny_data, tmp_path):
         (["data=/nonexistent/tiny"], "data directory '/nonexistent/tiny' does not exist"),
         (["val_split=test2"], "val_split 'test2' is not in"),
         (["train_split=holdout"], "train_split 'holdout' is not in"),
+        (["curriculum.stages=[{epochs: 1, n_step: 1, noise: 0.01, noise_carry: 2}]"], "noise_carry is 2"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, overrides, message):
