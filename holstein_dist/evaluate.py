@@ -573,6 +573,7 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
     truth, model, notes = merged.truth, merged.model, []
     kept = climate_mask(merged)  # climate statistics use the rollouts that stayed in the physical range
     diverged = ~kept
+    kept_model = {k: v[kept] for k, v in model.items()} if kept.any() else None
     entries = component_entries(len(plan.indices), plan.L)
     autocorr, max_error, mean_error, wasserstein, spectrum = {}, {}, {}, {}, {}
     for key in ORDER_KEYS:
@@ -592,9 +593,9 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
     return {
         "notes": notes,
         "autocorr": autocorr,
-        "ranges": {"model": _ranges({k: v[kept] for k, v in model.items()}) if kept.any() else None},
-        "energy_drift": {"model": energy_drift(model["energy"][kept]) if kept.any() else None},
-        "lattice_motion": lattice_motion_part("model", {k: v[kept] for k, v in model.items()} if kept.any() else None),
+        "ranges": {"model": _ranges(kept_model) if kept_model else None},
+        "energy_drift": {"model": energy_drift(kept_model["energy"]) if kept_model else None},
+        "lattice_motion": lattice_motion_part("model", kept_model),
         "divergent_fraction": float(np.mean(diverged)),
         "divergent_rollouts": int(np.sum(diverged)),
         "climate_rollouts": int(np.sum(kept)),
@@ -604,7 +605,7 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
         "wasserstein": wasserstein,
         "power_spectrum_distance": spectrum,
         # The rollouts' mean trajectory: lag / amplitude / offset of the model's coherent oscillation.
-        "coherent": {key: coherent_error(truth[key][kept], model[key][kept]) for key in ORDER_KEYS}
+        "coherent": {key: coherent_error(truth[key][kept], kept_model[key]) for key in ORDER_KEYS}
         if kept.any() else None,
     }
 

@@ -46,6 +46,14 @@ def _random_state(B: int, L: int, gen: torch.Generator) -> tuple[torch.Tensor, .
     return rho, torch.randn(B, L, generator=gen), torch.randn(B, L, generator=gen)
 
 
+def _window_batch(B: int, L: int, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    snaps = [_random_state(B, L, gen) for _ in range(n + 1)]
+    derivs = [_random_state(B, L, gen) for _ in range(n)]
+    batch = {k: torch.stack([s[i] for s in snaps], 1) for i, k in enumerate(("rho", "Q", "P"))}
+    batch.update({k: torch.stack([s[i] for s in derivs], 1) for i, k in enumerate(("drho", "dQ", "dP"))})
+    return batch
+
+
 def test_rms_terms_match_a_naive_formula():
     gen = torch.Generator().manual_seed(0)
     pred, truth = _random_state(3, 6, gen), _random_state(3, 6, gen)
@@ -65,10 +73,9 @@ def test_rollout_loss_is_one_rms_over_all_steps_plus_derivative_terms():
     """The original recipe: one RMS per component over [batch, n_step, ...], not a sum of per-step RMS."""
     gen = torch.Generator().manual_seed(1)
     B, L, n = 2, 4, 3
-    snaps = [_random_state(B, L, gen) for _ in range(n + 1)]
-    derivs = [_random_state(B, L, gen) for _ in range(n)]
-    batch = {k: torch.stack([s[i] for s in snaps], 1) for i, k in enumerate(("rho", "Q", "P"))}
-    batch.update({k: torch.stack([s[i] for s in derivs], 1) for i, k in enumerate(("drho", "dQ", "dP"))})
+    batch = _window_batch(B, L, n, gen)
+    snaps = [tuple(batch[k][:, i] for k in ("rho", "Q", "P")) for i in range(n + 1)]
+    derivs = [tuple(batch[k][:, i] for k in ("drho", "dQ", "dP")) for i in range(n)]
     preds = [_random_state(B, L, gen) for _ in range(n)]
     dpreds = [_random_state(B, L, gen) for _ in range(n)]
     total, state_terms, deriv_terms = train.rollout_loss(preds, dpreds, batch)
@@ -105,14 +112,6 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
-
-
-def _window_batch(B: int, L: int, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    snaps = [_random_state(B, L, gen) for _ in range(n + 1)]
-    derivs = [_random_state(B, L, gen) for _ in range(n)]
-    batch = {k: torch.stack([s[i] for s in snaps], 1) for i, k in enumerate(("rho", "Q", "P"))}
-    batch.update({k: torch.stack([s[i] for s in derivs], 1) for i, k in enumerate(("drho", "dQ", "dP"))})
-    return batch
 
 
 def test_carry_noise_shifts_every_target_state_and_nothing_else():
