@@ -31,6 +31,12 @@ class Stage:
     the model learns to remove the noise, i.e. to contract perturbed states towards the data, which on a
     conservative system is a friction (each step shrinks a component by about noise^2 / its variance). 1:
     the noise is pure augmentation; the model learns the increment at the perturbed state, no contraction."""
+    kinetic_weight: float = 0.0
+    """Weight of the lattice-temperature term added to the loss (``train.kinetic_log_ratios``): the mean over
+    the unrolled steps of the squared log ratio of the batch's predicted to true lattice kinetic energy.
+    0 (the original recipe): no such term. Why it exists: an RMS loss on a chaotic system rewards shrinking
+    the part of each step it cannot predict, and on the deep quench that cools the lattice step after step
+    (docs/training.md, "Lattice temperature")."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.n_step < 1 or self.epoch_multiplier < 1:
@@ -41,6 +47,8 @@ class Stage:
             raise ValueError(f"stage noise is {self.noise}; use a finite std >= 0")
         if not 0 <= self.noise_carry <= 1:
             raise ValueError(f"stage noise_carry is {self.noise_carry}; use a fraction in [0, 1]")
+        if not (self.kinetic_weight >= 0 and math.isfinite(self.kinetic_weight)):
+            raise ValueError(f"stage kinetic_weight is {self.kinetic_weight}; use a finite weight >= 0 (0: no term)")
 
 
 @dataclasses.dataclass(frozen=True)

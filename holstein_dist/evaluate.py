@@ -42,6 +42,7 @@ from holstein_dist.config import from_dict, layered
 from holstein_dist.ensemble import is_ensemble
 from holstein_dist.evaluate_ensemble import Ensemble, EnsembleShare, ensemble_metrics, fitted_scales, load_ensemble
 from holstein_dist.evaluate_ensemble import summary_lines as ensemble_summary_lines
+from holstein_dist.guards import Couplings, Guard
 from holstein_dist.metrics import (
     COHERENCE_FLOOR,
     ORDER_KEYS,
@@ -116,6 +117,10 @@ class Options:
     project: bool = flag_field("after every model step, map rho to the nearest physical density matrix (Hermitian, "
                                "eigenvalues in [0, 1], integer trace): a rollout-time guard, not part of the model",
                                False)
+    conserve: bool = flag_field("after every model step, restore the two invariants of the exact dynamics from the "
+                                "rollout's initial state: rho's spectrum (nearest matrix with it) and the total "
+                                "energy (the lattice momenta rescaled); a rollout-time guard, not part of the model",
+                                False)
     symmetrize: bool = flag_field("average every model step over the ring's reflection and particle-hole symmetries "
                                   "(exact equivariance, 4x the network cost; no retraining, any model)", False)
     truth_only: bool = flag_field("no model: ground-truth statistics and the exact simulator's timing only", False)
@@ -141,8 +146,12 @@ class Options:
             raise UserError("--spread-scale and --trust-fraction must be > 0; pass e.g. --spread-scale 1.0")
         if self.spread_scale_from is not None and self.spread_scale != 1.0:
             raise UserError("--spread-scale and --spread-scale-from both set the spread scale; pass one of them")
-        if self.truth_only and (self.bf16 or self.project or self.symmetrize):
-            raise UserError("--bf16, --project and --symmetrize only affect the model; drop them with --truth-only")
+        if self.truth_only and (self.bf16 or self.project or self.conserve or self.symmetrize):
+            raise UserError("--bf16, --project, --conserve and --symmetrize only affect the model; drop them with "
+                            "--truth-only")
+        if self.project and self.conserve:
+            raise UserError("--project and --conserve are exclusive (--conserve keeps rho's whole initial spectrum, "
+                            "which implies --project's bounds); pass one of them")
         for flag, value, least in (("--rollouts", self.rollouts, 1), ("--steps", self.steps, 1),
                                    ("--max-lag", self.max_lag, 0), ("--batch-size", self.batch_size, 1),
                                    ("--baseline-steps", self.baseline_steps, 0)):
@@ -364,13 +373,13 @@ def precision_context(device: torch.device, bf16: bool) -> contextlib.AbstractCo
 
 
 def roll_out(model: Surrogate, initial: Mapping[str, np.ndarray], steps: int, device: torch.device,
-             bf16: bool, project: bool = False) -> tuple[tuple[np.ndarray, ...], float]:
+             bf16: bool, guard: Guard | None = None) -> tuple[tuple[np.ndarray, ...], float]:
     """Model rollout from ``initial`` (rho [b,L,L], Q, P [b,L]); returns host arrays and compute seconds."""
     state = tuple(torch.from_numpy(np.ascontiguousarray(initial[key])) for key in STATE_KEYS)
     with precision_context(device, bf16):
         _sync(device)
         start = time.perf_counter()
-        pred = model.rollout(*state, steps, project=project)
+        pred = model.rollout(*state, steps, guard=guard)
         _sync(device)
         seconds = time.perf_counter() - start
     return tuple(to_numpy(x) for x in pred), seconds
@@ -397,7 +406,7 @@ def _empty_share(plan: Plan, with_model: bool) -> Share:
 
 
 def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate | Ensemble | None,
-                   device: torch.device, batch_size: int, bf16: bool, project: bool = False) -> Share:
+                   device: torch.device, batch_size: int, bf16: bool, guard: Guard | None = None) -> Share:
     """Read, roll out and reduce this rank's trajectories (``positions`` into ``plan.indices``) in batches.
 
     For an ensemble the model rollout is the ensemble mean, and the members' reductions go to ``ensemble``.
@@ -424,12 +433,12 @@ def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate 
         if first_batch_of_all:
             pattern = {"truth": staggered_density(data["rho"][0])}
         if isinstance(model, Ensemble):
-            pred, members, seconds = model.roll_out(roll_out, initial_parts[-1], plan.steps, device, bf16, project)
+            pred, members, seconds = model.roll_out(roll_out, initial_parts[-1], plan.steps, device, bf16, guard)
             ensemble_parts.append(model.reduce(members, truth, functools.partial(state_series, plan=plan),
                                                squared_error_sums))
             del members
         elif model is not None:
-            pred, seconds = roll_out(model, initial_parts[-1], plan.steps, device, bf16, project)
+            pred, seconds = roll_out(model, initial_parts[-1], plan.steps, device, bf16, guard)
         if model is not None:
             rollout_seconds += seconds
             model_parts.append(state_series(*pred, plan))
@@ -907,6 +916,13 @@ def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Sur
     return model, identity
 
 
+def rollout_guard(opts: Options, plan: Plan) -> Guard | None:
+    """What the model rollouts restore after every step (``--project``, ``--conserve``), or None."""
+    if opts.conserve:
+        return Guard(conserve=Couplings(g=plan.g_f, K0=plan.K0, eta=plan.eta))
+    return Guard(bounds=True) if opts.project else None
+
+
 def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any] | None:
     """Run this rank's share; on rank 0 return the report (written to ``opts.out``), elsewhere None."""
     wall_start = time.perf_counter()
@@ -915,15 +931,15 @@ def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any
     if not opts.truth_only:
         model, identities["checkpoint"] = load_surrogate(opts, plan, device)
     share = evaluate_share(split, plan, share_of(len(plan.indices), env.rank, env.world_size), model, device,
-                           opts.batch_size, opts.bf16, opts.project)
+                           opts.batch_size, opts.bf16, rollout_guard(opts, plan))
     shares = gather_objects_to_main(share)
     if not env.is_main:
         return None
     merged = merge_shares(shares)
     identities["data"] = data_identity(ds, opts.split, plan)
     settings = {"steps": plan.steps, "max_lag": plan.max_lag, "batch_size": opts.batch_size, "bf16": opts.bf16,
-                "project": opts.project, "symmetrize": opts.symmetrize, "divergence_factor": DIVERGENCE_FACTOR,
-                "baseline_steps": plan.baseline_steps}
+                "project": opts.project, "conserve": opts.conserve, "symmetrize": opts.symmetrize,
+                "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
     if isinstance(model, Ensemble):
         settings.update(spread_scale=model.spread_scale, trust_fraction=opts.trust_fraction)
     timing, baseline = timing_report(merged, plan, env.world_size, time.perf_counter() - wall_start, device,

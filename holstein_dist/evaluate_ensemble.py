@@ -28,6 +28,7 @@ import torch
 from holstein_dist import calibration
 from holstein_dist.checkpoints import load_model
 from holstein_dist.ensemble import member_checkpoints, member_name
+from holstein_dist.guards import Guard
 from holstein_dist.metrics import ORDER_KEYS, RMSE_COMPONENTS, autocorrelation, component_entries, divergent_mask
 from holstein_dist.model import Surrogate
 
@@ -61,13 +62,13 @@ class Ensemble:
         self.models, self.paths, self.spread_scale = list(models), list(paths), spread_scale
 
     def roll_out(self, roll_one: Any, initial: Mapping[str, np.ndarray], steps: int, device: torch.device,
-                 bf16: bool, project: bool) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], float]:
+                 bf16: bool, guard: Guard | None) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], float]:
         """(ensemble-mean rollout, member rollouts stacked as rho [K, b, T+1, L, L], Q and P [K, b, T+1, L],
         compute seconds); ``roll_one`` is evaluate's roll_out. Stacked once here, so that the mean and every
         reduction read the same arrays."""
         members, seconds = [], 0.0
         for model in self.models:
-            pred, s = roll_one(model, initial, steps, device, bf16, project)
+            pred, s = roll_one(model, initial, steps, device, bf16, guard)
             members.append(pred)
             seconds += s
         start = time.perf_counter()

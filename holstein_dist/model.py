@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from holstein_dist.guards import Guard
 from holstein_dist.physics import STATE_KEYS
 from holstein_dist.shards import SCALE_KEYS  # the dataset owns its nine normalization scales
 from holstein_dist.symmetry import symmetrized
@@ -274,14 +275,15 @@ class Surrogate(nn.Module, abc.ABC):
         with self._grad_mode():
             return self(*state)
 
-    def rollout(self, rho: Tensor, Q: Tensor, P: Tensor, n_steps: int, project: bool = False) -> State:
+    def rollout(self, rho: Tensor, Q: Tensor, P: Tensor, n_steps: int, guard: Guard | None = None) -> State:
         """Feed the model its own predictions n_steps times; each output is [B, n_steps+1, ...],
-        index 0 being the (dtype-converted) input. ``project``: after every step, map rho to the nearest
-        physical density matrix (:func:`project_density_matrix`), a rollout-time guard (not trained with)."""
+        index 0 being the (dtype-converted) input. ``guard``: what to restore after every step
+        (:class:`holstein_dist.guards.Guard`), a rollout-time guard (not trained with)."""
         if n_steps < 0:
             raise ValueError(f"n_steps is {n_steps}; it must be >= 0")
         state = self._prepare(rho, Q, P)
         with self._grad_mode():
+            restore = guard.start(*state) if guard is not None else None
             # Preallocated outputs: stacking a list would briefly hold two copies of a long rollout.
             out = tuple(s.new_empty((s.shape[0], n_steps + 1, *s.shape[1:])) for s in state)
             for k in range(n_steps + 1):
@@ -289,8 +291,8 @@ class Surrogate(nn.Module, abc.ABC):
                     buf[:, k] = s
                 if k < n_steps:
                     state = self(*state)
-                    if project:
-                        state = (project_density_matrix(state[0]), state[1], state[2])
+                    if restore is not None:
+                        state = restore(*state)
         return out
 
     def _grad_mode(self) -> contextlib.AbstractContextManager:
@@ -345,28 +347,6 @@ class PARC(Surrogate):
     @property
     def increment_head(self) -> ScaledCNN:
         return self.integrator  # the differentiator predicts derivatives, not increments
-
-
-def project_density_matrix(rho: Tensor, trace: float | None = None, iterations: int = 40) -> Tensor:
-    """Nearest (Frobenius) Hermitian matrix with eigenvalues in [0, 1] and trace ``trace`` (default: the
-    input's, rounded to the nearest integer particle number), for a batch ``[..., L, L]``.
-
-    The eigenvalues are projected onto the capped simplex {0 <= l <= 1, sum l = N}: shift all by one
-    number and clip, with the shift found by bisection (the clipped sum is monotone in the shift).
-    A single-particle density matrix of fermions obeys these bounds exactly; a surrogate's step does not.
-    """
-    h = 0.5 * (rho + rho.transpose(-2, -1).conj())
-    evals, evecs = torch.linalg.eigh(h)
-    n = torch.diagonal(h, dim1=-2, dim2=-1).real.sum(-1).round() if trace is None else \
-        torch.full(evals.shape[:-1], float(trace), dtype=evals.dtype, device=evals.device)
-    lo = (-evals.max(-1).values).unsqueeze(-1)  # every eigenvalue clipped to 0: sum 0
-    hi = (1 - evals.min(-1).values).unsqueeze(-1)  # every eigenvalue clipped to 1: sum L
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        low_sum = (evals + mid).clamp(0, 1).sum(-1, keepdim=True) < n.unsqueeze(-1)
-        lo, hi = torch.where(low_sum, mid, lo), torch.where(low_sum, hi, mid)
-    clipped = (evals + 0.5 * (lo + hi)).clamp(0, 1).to(evecs.dtype)
-    return (evecs * clipped.unsqueeze(-2)) @ evecs.transpose(-2, -1).conj()
 
 
 def hermitian_traceless(x: Tensor) -> Tensor:

@@ -469,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "balanced: log RMSE pooled over the 100 steps ending at each --at step and log "
                                "autocorrelation error, half each")
     rollouts.add_argument("--project", action="store_true", help="evaluate with evaluate --project")
+    rollouts.add_argument("--conserve", action="store_true", help="evaluate with evaluate --conserve")
     rollouts.add_argument("--symmetrize", action="store_true", help="evaluate with evaluate --symmetrize")
     average = sub.add_parser("average", help="average the weights of checkpoints of one run into one model file")
     average.add_argument("checkpoints", nargs="+", type=Path, help="step-*.pt files (or run dirs) of one run")
@@ -521,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             work = args.work or args.out.with_suffix("")
             rows = rollout_curve(args.run_dir, args.data, args.split, args.steps, args.at, work, args.score,
-                                 [flag for flag, on in (("--project", args.project),
+                                 [flag for flag, on in (("--project", args.project), ("--conserve", args.conserve),
                                                         ("--symmetrize", args.symmetrize)) if on])
             write_curve(rows, args.out)
             best = best_row(rows)

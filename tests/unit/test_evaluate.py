@@ -220,6 +220,19 @@ def test_projected_rollouts_stay_physical_and_are_recorded(tmp_path: Path, shall
     assert np.all(np.asarray(report["rmse_by_step"]["Q"]) < 0.05)
 
 
+def test_conserving_rollouts_keep_the_energy_and_are_recorded(tmp_path: Path, shallow_data: Path,
+                                                              reference_model: Path) -> None:
+    assert run("--checkpoint", reference_model, "--data", shallow_data, "--out", tmp_path, "--conserve",
+               "--steps", 20, "--rollouts", 2, "--no-plots") == 0
+    report = read_report(tmp_path)
+    assert report["settings"]["conserve"] is True and report["settings"]["project"] is False
+    assert report["divergent_fraction"] == 0.0
+    # Restored after every step in float64, stored in float32: the truth's own floor is ~1e-7 per site.
+    assert report["energy_drift"]["model"]["max_abs"] < 1e-6
+    assert report["structure_factor"]["density"]["model"]["mean"][0] < 1e-8  # the particle number is kept
+    assert np.all(np.asarray(report["rmse_by_step"]["Q"]) < 0.05)
+
+
 def test_symmetrized_rollouts_are_recorded_and_differ_from_plain_ones(tmp_path: Path, shallow_data: Path,
                                                                       reference_model: Path) -> None:
     common = ("--checkpoint", reference_model, "--data", shallow_data, "--steps", 20, "--rollouts", 2, "--no-plots")
@@ -451,6 +464,7 @@ def bad_input_cases(data: Path, model: Path, tmp: Path, l8_data: Path) -> list[t
         (["--data", data], "pass --checkpoint"),
         (["--truth-only", *ckpt], "drop --checkpoint"),
         (["--truth-only", "--data", data, "--symmetrize"], "drop them with --truth-only"),
+        ([*ckpt, "--project", "--conserve"], "--project and --conserve are exclusive"),
         ([*ckpt, "--split", "holdout"], "--split 'holdout'"),
         ([*ckpt, "--max-lag", N_STEPS], f"pass --max-lag {N_STEPS - 1} or less"),
         ([*ckpt, "--steps", 20, "--max-lag", 20], "pass --max-lag 19 or less"),

@@ -412,23 +412,3 @@ def test_constrained_increments_keep_rho_hermitian_with_fixed_trace():
         trace = torch.diagonal(out, dim1=-2, dim2=-1).sum(-1).real
         assert (asym < 1e-5) == hermitian
         assert ((trace - L / 2).abs().max().item() < 1e-4) == constrain
-
-
-def test_density_matrix_projection_is_physical_and_idempotent():
-    from holstein_dist.model import project_density_matrix
-
-    gen = torch.Generator().manual_seed(5)
-    L = 8
-    basis = torch.linalg.qr(torch.complex(torch.randn(3, L, L, generator=gen), torch.randn(3, L, L, generator=gen)))[0]
-    occupations = torch.tensor([1.0, 0.9, 0.7, 0.6, 0.4, 0.3, 0.1, 0.0])  # a mixed state with trace 4
-    rho = (basis * occupations.to(basis.dtype)) @ basis.mH
-    torch.testing.assert_close(project_density_matrix(rho), rho, atol=1e-5, rtol=0)  # physical: unchanged
-    noise = torch.complex(torch.randn(3, L, L, generator=gen), torch.randn(3, L, L, generator=gen))
-    noisy = rho + 0.1 * noise
-    out = project_density_matrix(noisy)
-    evals = torch.linalg.eigvalsh(out)
-    assert torch.allclose(out, out.mH, atol=1e-6)
-    assert evals.min() > -1e-5 and evals.max() < 1 + 1e-5
-    torch.testing.assert_close(torch.diagonal(out, dim1=-2, dim2=-1).real.sum(-1), torch.full((3,), 4.0))
-    assert ((out - rho).abs().square().sum() < (noisy - rho).abs().square().sum())  # closer to the truth
-    torch.testing.assert_close(project_density_matrix(out), out, atol=1e-5, rtol=0)

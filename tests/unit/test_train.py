@@ -145,6 +145,41 @@ def test_uncarried_input_noise_fits_a_friction_into_a_conservative_map(carry, ra
     assert torch.linalg.eigvals(fitted).abs().max().item() == pytest.approx(radius, abs=5e-3)
 
 
+def test_kinetic_log_ratios_read_the_batch_lattice_temperature_at_each_step():
+    gen = torch.Generator().manual_seed(5)
+    truths = [_random_state(3, 6, gen) for _ in range(3)]
+    preds = [(rho, Q, scale * P) for (rho, Q, P), scale in zip(truths, (1.0, 0.5, 2.0))]
+    got = train.kinetic_log_ratios(preds, truths)
+    torch.testing.assert_close(got, torch.tensor([0.0, 2 * np.log(0.5), 2 * np.log(2.0)], dtype=torch.float32))
+    zeros = [(rho, Q, torch.zeros_like(P)) for rho, Q, P in truths]
+    assert torch.isfinite(train.kinetic_log_ratios(zeros, zeros)).all()
+
+
+@pytest.mark.parametrize("weight", [0.0, 3.0])
+def test_kinetic_term_keeps_the_temperature_an_rms_fit_gives_away(weight):
+    """Why kinetic_weight exists: when part of the next momentum is unpredictable (here a random kick of
+    std 0.5), the best RMS fit predicts only the predictable part, so its momenta carry 1 / 1.25 of the
+    true kinetic energy, and a rollout would lose that much every step. The kinetic term holds it near 1."""
+    gen = torch.Generator().manual_seed(6)
+    B, L = 4096, 4
+    rho, Q, P = _random_state(B, L, gen)
+    truth = (rho, Q, P + 0.5 * torch.randn(B, L, generator=gen))
+    gain = torch.ones((), requires_grad=True)
+    optimizer = torch.optim.Adam([gain], lr=0.01)
+    for _ in range(400):
+        pred = (rho, Q, gain * P)
+        loss = train.unrolled_rms([pred], [truth]).sum()
+        loss = loss + weight * train.kinetic_log_ratios([pred], [truth]).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    ratio = train.kinetic_log_ratios([(rho, Q, gain.detach() * P)], [truth]).exp().item()
+    if weight == 0:
+        assert ratio == pytest.approx(1 / 1.25, abs=0.02)
+    else:
+        assert ratio > 0.95
+
+
 # --------------------------------------------------------------------------- real runs
 
 
@@ -164,7 +199,8 @@ def test_tensorboard_tags_config_and_checkpoints(tiny_data, tmp_path):
     run_tiny(tiny_data, run_dir, "model=small")
     acc = scalars(run_dir)
     tags = set(acc.Tags()["scalars"])
-    expected = {"train/loss", "train/grad_norm", "lr", "curriculum/stage", "curriculum/n_step", "curriculum/noise",
+    expected = {"train/loss", "train/grad_norm", "train/kinetic_log_ratio", "lr", "curriculum/stage",
+                "curriculum/n_step", "curriculum/noise",
                 "perf/samples_per_s", "val/rollout_error"}
     expected |= {f"train/{c}" for c in RMSE_COMPONENTS} | {f"train/deriv_{c}" for c in RMSE_COMPONENTS}
     assert expected <= tags, expected - tags
@@ -235,6 +271,7 @@ def test_one_piece_of_the_composition_root_can_be_swapped(tiny_data, tmp_path):
         (["val_split=test2"], "val_split 'test2' is not in"),
         (["train_split=holdout"], "train_split 'holdout' is not in"),
         (["curriculum.stages=[{epochs: 1, n_step: 1, noise: 0.01, noise_carry: 2}]"], "noise_carry is 2"),
+        (["curriculum.stages=[{epochs: 1, n_step: 1, noise: 0.01, kinetic_weight: -1}]"], "kinetic_weight is -1"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, overrides, message):

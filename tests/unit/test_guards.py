@@ -1,0 +1,108 @@
+"""Rollout guards: the physical bounds, the nearest matrix with a given spectrum, the energy restore."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from holstein_dist import physics
+from holstein_dist.guards import (
+    MAX_MOMENTUM_GAIN,
+    Couplings,
+    Guard,
+    nearest_isospectral,
+    project_density_matrix,
+    restore_energy,
+    spectrum,
+)
+
+COUPLINGS = Couplings(g=1.0, K0=physics.K0_DEFAULT, eta=physics.ETA_DEFAULT)
+
+
+def _unitary(B: int, L: int, gen: torch.Generator) -> torch.Tensor:
+    z = torch.complex(torch.randn(B, L, L, generator=gen, dtype=torch.float64),
+                      torch.randn(B, L, L, generator=gen, dtype=torch.float64))
+    return torch.linalg.qr(z)[0]
+
+
+def _physical_state(B: int, L: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A rho with the half-filled ring's spectrum (ones, two halves, zeros), random Q and P."""
+    occupations = torch.tensor([0.0] * (L // 2 - 1) + [0.5, 0.5] + [1.0] * (L // 2 - 1), dtype=torch.float64)
+    u = _unitary(B, L, gen)
+    rho = (u * occupations.to(u.dtype)) @ u.mH
+    return rho, 0.3 * torch.randn(B, L, generator=gen, dtype=torch.float64), \
+        0.5 * torch.randn(B, L, generator=gen, dtype=torch.float64)
+
+
+def test_density_matrix_projection_is_physical_and_idempotent():
+    gen = torch.Generator().manual_seed(5)
+    L = 8
+    basis = torch.linalg.qr(torch.complex(torch.randn(3, L, L, generator=gen), torch.randn(3, L, L, generator=gen)))[0]
+    occupations = torch.tensor([1.0, 0.9, 0.7, 0.6, 0.4, 0.3, 0.1, 0.0])  # a mixed state with trace 4
+    rho = (basis * occupations.to(basis.dtype)) @ basis.mH
+    torch.testing.assert_close(project_density_matrix(rho), rho, atol=1e-5, rtol=0)  # physical: unchanged
+    noise = torch.complex(torch.randn(3, L, L, generator=gen), torch.randn(3, L, L, generator=gen))
+    noisy = rho + 0.1 * noise
+    out = project_density_matrix(noisy)
+    evals = torch.linalg.eigvalsh(out)
+    assert torch.allclose(out, out.mH, atol=1e-6)
+    assert evals.min() > -1e-5 and evals.max() < 1 + 1e-5
+    torch.testing.assert_close(torch.diagonal(out, dim1=-2, dim2=-1).real.sum(-1), torch.full((3,), 4.0))
+    assert ((out - rho).abs().square().sum() < (noisy - rho).abs().square().sum())  # closer to the truth
+    torch.testing.assert_close(project_density_matrix(out), out, atol=1e-5, rtol=0)
+
+
+def test_nearest_isospectral_keeps_a_matrix_with_the_spectrum_and_restores_it_after_noise():
+    gen = torch.Generator().manual_seed(7)
+    rho, _, _ = _physical_state(3, 8, gen)
+    eigenvalues = spectrum(rho)
+    torch.testing.assert_close(nearest_isospectral(rho, eigenvalues), rho, atol=1e-10, rtol=0)
+    noise = 0.05 * torch.complex(torch.randn(3, 8, 8, generator=gen, dtype=torch.float64),
+                                 torch.randn(3, 8, 8, generator=gen, dtype=torch.float64))
+    noisy = rho + noise
+    out = nearest_isospectral(noisy, eigenvalues)
+    torch.testing.assert_close(out, out.mH)
+    torch.testing.assert_close(spectrum(out), eigenvalues, atol=1e-10, rtol=0)
+    assert (out - rho).abs().square().sum() < (noisy - rho).abs().square().sum()  # closer to the truth
+    # The order-matched pairing is the nearest: any other matrix with the spectrum is farther from noisy.
+    other = nearest_isospectral(_unitary(3, 8, gen) @ rho @ _unitary(3, 8, gen).mH, eigenvalues)
+    assert ((out - noisy).abs().square().sum((-2, -1)) <= (other - noisy).abs().square().sum((-2, -1))).all()
+
+
+def test_restore_energy_puts_the_state_back_on_the_energy_shell():
+    gen = torch.Generator().manual_seed(8)
+    rho, Q, P = _physical_state(4, 8, gen)
+    target = physics.energy(rho, Q, P, g=COUPLINGS.g, K0=COUPLINGS.K0, eta=COUPLINGS.eta)
+    for scale in (0.7, 1.3):  # a cooled and a heated step
+        restored = restore_energy(rho, Q, scale * P, target, COUPLINGS)
+        torch.testing.assert_close(restored, P)
+    # Far below the shell: at most MAX_MOMENTUM_GAIN in one step.
+    torch.testing.assert_close(restore_energy(rho, Q, 0.01 * P, target, COUPLINGS), 0.01 * MAX_MOMENTUM_GAIN * P)
+    # Above the shell even with P = 0: the kinetic energy cannot be negative.
+    assert (restore_energy(rho, Q, P, target - 10.0, COUPLINGS) == 0).all()
+    assert restore_energy(rho, Q, P.float(), target, COUPLINGS).dtype == torch.float32
+
+
+def test_conserving_guard_keeps_the_initial_spectrum_and_energy_through_perturbed_steps():
+    gen = torch.Generator().manual_seed(9)
+    rho, Q, P = _physical_state(2, 8, gen)
+    restore = Guard(conserve=COUPLINGS).start(rho, Q, P)
+    e0 = physics.energy(rho, Q, P, g=COUPLINGS.g, K0=COUPLINGS.K0, eta=COUPLINGS.eta)
+    r, q, p = rho, Q, P
+    for _ in range(5):  # a "model" that rotates rho a little, adds noise and cools the lattice
+        u = torch.linalg.matrix_exp(0.01j * (lambda h: h + h.mH)(torch.randn(2, 8, 8, generator=gen).to(rho.dtype)))
+        r = u @ r @ u.mH + 1e-3 * torch.randn(2, 8, 8, generator=gen, dtype=torch.float64)
+        q, p = q + 0.01 * torch.randn(2, 8, generator=gen, dtype=torch.float64), 0.95 * p
+        r, q, p = restore(r, q, p)
+        torch.testing.assert_close(spectrum(r), spectrum(rho), atol=1e-10, rtol=0)
+        torch.testing.assert_close(physics.energy(r, q, p, g=COUPLINGS.g, K0=COUPLINGS.K0, eta=COUPLINGS.eta), e0)
+
+
+def test_guard_choices():
+    gen = torch.Generator().manual_seed(10)
+    state = _physical_state(1, 4, gen)
+    assert Guard().start(*state) is None
+    noisy = state[0] + 0.2
+    torch.testing.assert_close(Guard(bounds=True).start(*state)(noisy, *state[1:])[0], project_density_matrix(noisy))
+    with pytest.raises(ValueError, match="exclusive"):
+        Guard(bounds=True, conserve=COUPLINGS)
