@@ -4,9 +4,10 @@
    the whole metric stage of ``holstein_dist.evaluate.build_report`` (truth + model autocorrelations,
    divergence test, Wasserstein, spectra, energy drift, RMSE) on synthetic order-parameter series.
 2. Rollout throughput at L=32, batch 64, on CPU: the tiny and medium models of configs/model (built
-   with ``build_model`` and random scales; the tiny one also with ``symmetrize``) against the exact RK4
-   simulator (``physics.make_stepper``, numba) from the same deep-quench states, one snapshot = 256 RK4
-   steps. Both sides get the same threads. Throughput is in rollout-steps per second (one step = one
+   with ``build_model`` and random scales; the tiny one also with ``symmetrize`` and with each rollout
+   guard, ``--project`` and ``--conserve``, whose per-step eigendecompositions add to the network's cost)
+   against the exact RK4 simulator (``physics.make_stepper``, numba) from the same deep-quench states, one
+   snapshot = 256 RK4 steps. Both sides get the same threads. Throughput is in rollout-steps per second (one step = one
    snapshot of one trajectory).
 
     python benchmarks/evaluate.py [--threads N] [--tiny-steps 20] [--medium-steps 2] [--exact-steps 20]
@@ -25,6 +26,7 @@ from autocorr import median_seconds, sample_series  # sibling benchmark: same wo
 
 from holstein_dist import evaluate, physics
 from holstein_dist.config import load_config
+from holstein_dist.guards import Couplings, Guard
 from holstein_dist.metrics import RMSE_COMPONENTS, autocorrelation
 from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
 
@@ -65,14 +67,15 @@ def deep_quench_states(n: int, L: int, rk4_steps: int) -> tuple[np.ndarray, np.n
     return stepper.state()
 
 
-def surrogate_rate(cfg: ModelConfig, state: tuple[np.ndarray, ...], steps: int) -> tuple[float, int]:
+def surrogate_rate(cfg: ModelConfig, state: tuple[np.ndarray, ...], steps: int,
+                   guard: Guard | None = None) -> tuple[float, int]:
     """(rollout-steps/s of a randomly scaled model over ``steps`` snapshots, parameter count)."""
     rng = np.random.default_rng(0)
     model = build_model(cfg, {key: float(rng.uniform(0.05, 1.0)) for key in SCALE_KEYS}).eval()
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in state)
-    model.rollout(*tensors, 1)  # warm-up: allocator and oneDNN kernel selection
+    model.rollout(*tensors, 1, guard=guard)  # warm-up: allocator and oneDNN kernel selection
     start = time.perf_counter()
-    model.rollout(*tensors, steps)
+    model.rollout(*tensors, steps, guard=guard)
     seconds = time.perf_counter() - start
     return state[1].shape[0] * steps / seconds, sum(p.numel() for p in model.parameters())
 
@@ -113,15 +116,19 @@ def main(argv: list[str] | None = None) -> None:
     exact = exact_rate(state, args.exact_steps, args.rk4_per_snapshot, args.threads)
     print(f"\nrollout throughput, L={args.L}, batch {args.batch}, CPU, {args.threads} thread(s); "
           f"1 snapshot = {args.rk4_per_snapshot} RK4 steps")
-    print(f"  {'':28s}{'params':>11s}{'steps/s':>11s}{'ms/step/traj':>14s}{'vs exact':>10s}")
-    print(f"  {'exact RK4 (numba)':28s}{'-':>11s}{exact:11.1f}{1e3 / exact:14.3f}{1.0:9.2f}x")
-    for name, steps, symmetrize in (("tiny", args.tiny_steps, False), ("tiny", args.tiny_steps, True),
-                                    ("medium", args.medium_steps, False)):
+    print(f"  {'':34s}{'params':>11s}{'steps/s':>11s}{'ms/step/traj':>14s}{'vs exact':>10s}")
+    print(f"  {'exact RK4 (numba)':34s}{'-':>11s}{exact:11.1f}{1e3 / exact:14.3f}{1.0:9.2f}x")
+    guards = {"": None, ", --project": Guard(bounds=True),
+              ", --conserve": Guard(conserve=Couplings(g=1.0, K0=physics.K0_DEFAULT, eta=physics.ETA_DEFAULT))}
+    for name, steps, symmetrize, guard in (("tiny", args.tiny_steps, False, ""), ("tiny", args.tiny_steps, True, ""),
+                                           ("tiny", args.tiny_steps, False, ", --project"),
+                                           ("tiny", args.tiny_steps, False, ", --conserve"),
+                                           ("medium", args.medium_steps, False, "")):
         cfg = load_config(ModelConfig, ROOT / "configs" / "model" / f"{name}.yaml")
         cfg = dataclasses.replace(cfg, symmetrize=symmetrize)  # group averaging: 4 network passes per step
-        rate, params = surrogate_rate(cfg, state, steps)
-        label = f"{name} ({cfg.kind}, C={cfg.channels}x{cfg.n_blocks}){', symm.' if symmetrize else ''}"
-        print(f"  {label:28s}{params:11,d}{rate:11.1f}{1e3 / rate:14.3f}{rate / exact:9.2f}x")
+        rate, params = surrogate_rate(cfg, state, steps, guards[guard])
+        label = f"{name} ({cfg.kind}, C={cfg.channels}x{cfg.n_blocks}){', symm.' if symmetrize else ''}{guard}"
+        print(f"  {label:34s}{params:11,d}{rate:11.1f}{1e3 / rate:14.3f}{rate / exact:9.2f}x")
 
 
 if __name__ == "__main__":
