@@ -283,12 +283,14 @@ def long_rollout_row(model: str | Path, data: str | Path, split: str, steps: int
 
 def calibrate_increments(model: str | Path, data: str | Path, split: str, steps: int, at: Sequence[int],
                          work: str | Path, span: float = 0.02, points: int = 21,
-                         score: str = "rmse", symmetrize: bool = False) -> list[dict[str, float]]:
+                         score: str = "rmse", symmetrize: bool = False,
+                         guard_args: Sequence[str] = ()) -> list[dict[str, float]]:
     """Score ``model`` with its increments scaled by ``1 + eps`` over a grid of ``eps`` in [-span, span]
     (``points`` values, and 0), then over a finer grid of 9 values spanning the two cells around the best;
     rows sorted by factor. Each scaled model and its report stay in ``work`` (``factor-<f>.pt``, ``factor-<f>/``).
     ``symmetrize``: every candidate has group averaging switched on (symmetrization changes the rate a little,
-    so the factor is fitted with it)."""
+    so the factor is fitted with it). ``guard_args``: evaluate's rollout-guard flags for every candidate
+    (``--project`` or ``--conserve``; a guard is not stored in the model, so evaluate the export with it too)."""
     from holstein_dist.checkpoints import scale_increments
 
     if span <= 0 or points < 3:
@@ -301,7 +303,7 @@ def calibrate_increments(model: str | Path, data: str | Path, split: str, steps:
         if factor in rows or factor <= 0:
             return
         path = scale_increments(model, factor, work / f"factor-{factor:.6f}.pt", symmetrize)
-        row = long_rollout_row(path, data, split, steps, at, work / f"factor-{factor:.6f}", score)
+        row = long_rollout_row(path, data, split, steps, at, work / f"factor-{factor:.6f}", score, guard_args)
         rows[factor] = {"factor": factor, **row}
 
     cell = 2 * span / (points - 1)
@@ -396,8 +398,10 @@ def calibrate_command(args: Any) -> None:
 
     work = args.work or args.out.with_suffix("")
     grid = (args.data, args.split, args.steps, args.at)
+    guard_args = ["--conserve"] if args.conserve else []
     if not is_ensemble(args.model):
-        rows = calibrate_increments(args.model, *grid, work, args.span, args.points, args.score, args.symmetrize)
+        rows = calibrate_increments(args.model, *grid, work, args.span, args.points, args.score, args.symmetrize,
+                                    guard_args)
         write_curve(rows, args.out)
         best = _calibrated(rows, args.split, args.export)
         scale_increments(args.model, best["factor"], args.export, args.symmetrize)
@@ -409,7 +413,7 @@ def calibrate_command(args: Any) -> None:
     scaled = []
     for i, path in enumerate(members):
         rows = calibrate_increments(path, *grid, work / member_name(i), args.span, args.points, args.score,
-                                    args.symmetrize)
+                                    args.symmetrize, guard_args)
         table += [{"member": i, **row} for row in rows]
         scaled.append((path, _calibrated(rows, args.split, f"{member_name(i)} of {args.export}")["factor"]))
     write_curve(table, args.out)
@@ -492,6 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("--symmetrize", action="store_true",
                      help="calibrate and export the model with group averaging over the ring's symmetries switched "
                           "on (evaluate --symmetrize, recorded in the exported file)")
+    cal.add_argument("--conserve", action="store_true",
+                     help="fit the factor on rollouts with evaluate --conserve (not stored in the export: evaluate it "
+                          "with --conserve too)")
     score = sub.add_parser("score", help="long-rollout score of evaluation reports (what rollout-curve ranks by)")
     score.add_argument("reports", nargs="+", type=Path, help="report.json files or evaluation directories")
     score.add_argument("--at", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps it averages over")
