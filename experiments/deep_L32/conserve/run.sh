@@ -57,4 +57,9 @@ done
 "$PY" -m holstein_dist.results table "$HERE/../report.json" "$HERE/test_plain/report.json" \
   "$HERE/test_conserve/report.json" --names "parent (../model.pt)" "$CHOSEN" "$CHOSEN + --conserve" \
   --steps 1 10 100 1000 | tee "$HERE/results.md"
+# Is the rest a rate error? The chosen model's increments scaled by 0.7..1.3, guarded rollouts on validation
+# (recorded only: the calibrated export is not adopted, see the README).
+stage calibrate "$PY" -m holstein_dist.results calibrate "$HERE/model.pt" --data "$DATA" --split val --steps 500 \
+  --at 1 10 100 --score climate --span 0.3 --points 7 --conserve --work "$WORK/calibrate" \
+  --out "$HERE/calibration_conserve_val.csv" --export "$WORK/calibrated.pt"
 write_times "$HERE/wall_times.json"
