@@ -29,6 +29,10 @@ capped() {
   return "$rc"
 }
 
+export_model() {  # export_model SOURCE OUT: a run dir's or checkpoint's weights-only model file
+  "$PY" -c "from holstein_dist.checkpoints import export_model; export_model('$1', '$2')"
+}
+
 write_times() {  # write_times FILE
   (IFS=,; echo "{${TIMES[*]}}") | "$PY" -c 'import json,sys; print(json.dumps(json.load(sys.stdin), indent=1))' > "$1"
 }
@@ -65,4 +69,16 @@ shallow_single_step() {
     run_dir="$WORK/run_n1"
   stage select_n1 "$PY" -m holstein_dist.results rollout-curve "$WORK/run_n1" --data "$WORK/data" --split val \
     --steps 1200 --work "$WORK/curve_n1" --out "$dir/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
+}
+
+# needs_lattice_motion: for the deep L = 32 experiments built on experiments/deep_L32/lattice_motion's continuations.
+# Sets DATA (the deep set of ../run.sh) and MOTION_WORK (lattice_motion's work directory), and runs lattice_motion's
+# run.sh first when its last training (the noise-5e-3 run, so all three) has not finished there.
+needs_lattice_motion() {
+  local deep=$ROOT/experiments/deep_L32
+  PARENT_WORK=${PARENT_WORK:-$deep/work}
+  MOTION_WORK=${MOTION_WORK:-$deep/lattice_motion/work}
+  DATA=$PARENT_WORK/data
+  [ -f "$MOTION_WORK/run_continue_noise5e-3/checkpoints/step-00006000.pt" ] || \
+    WORK=$MOTION_WORK PARENT_WORK=$PARENT_WORK bash "$deep/lattice_motion/run.sh"
 }

@@ -8,7 +8,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../lib.sh"
 WORK=${WORK:-$HERE/work}
 cd "$ROOT"
-export_model() { "$PY" -c "from holstein_dist.checkpoints import export_model; export_model('$1', '$2')"; }
 SMALL=(--rollouts 32 --steps 500 --baseline-steps 0)
 
 stage generate "$PY" -m holstein_dist.generate --config "$HERE/data.yaml" --out "$WORK/data" --workers 2

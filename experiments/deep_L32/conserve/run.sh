@@ -10,14 +10,8 @@
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
 WORK=${WORK:-$HERE/work}
-PARENT_WORK=${PARENT_WORK:-$HERE/../work}
-MOTION_WORK=${MOTION_WORK:-$HERE/../lattice_motion/work}
 cd "$ROOT"
-DATA=$PARENT_WORK/data
-export_model() { "$PY" -c "from holstein_dist.checkpoints import export_model; export_model('$1', '$2')"; }
-
-[ -f "$MOTION_WORK/run_continue_noise5e-3/checkpoints/step-00006000.pt" ] || \
-  WORK=$MOTION_WORK PARENT_WORK=$PARENT_WORK bash "$HERE/../lattice_motion/run.sh"
+needs_lattice_motion
 
 # The noise-2e-2 continuation's twelve checkpoints, each rolled out with the guard; the best by the climate score
 # (mean of the two autocorrelation errors, divergence ranked last) is exported as a candidate.

@@ -9,12 +9,9 @@
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
 WORK=${WORK:-$HERE/work}
-PARENT_WORK=${PARENT_WORK:-$HERE/../work}
-MOTION_WORK=${MOTION_WORK:-$HERE/../lattice_motion/work}
 cd "$ROOT"
-DATA=$PARENT_WORK/data
+needs_lattice_motion
 INIT=$MOTION_WORK/run_continue_carried/checkpoints/step-00006000.pt
-[ -f "$INIT" ] || WORK=$MOTION_WORK PARENT_WORK=$PARENT_WORK bash "$HERE/../lattice_motion/run.sh"
 
 train() {  # train NAME: one run, one thread (its config says threads: 1)
   OMP_NUM_THREADS=1 stage "train_$1" "$PY" -m holstein_dist.train --config "$HERE/$1.yaml" data="$DATA" \

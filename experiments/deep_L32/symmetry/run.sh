@@ -18,7 +18,6 @@ TIME_S=${TIME_S:-2700}
 cd "$ROOT"
 DATA=$PARENT_WORK/data
 SMALL=(--data "$DATA" --split test --rollouts 32 --steps 500 --baseline-steps 0)
-export_model() { "$PY" -c "from holstein_dist.checkpoints import export_model; export_model('$1', '$2')"; }
 last_checkpoint() { ls "$1"/checkpoints/step-*.pt | sort | tail -1; }
 
 [ -f "$DATA/manifest.json" ] || stage generate "$PY" -m holstein_dist.generate --config "$HERE/../data.yaml" \
