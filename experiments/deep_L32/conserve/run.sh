@@ -6,7 +6,7 @@
 # guard). Chosen on the 16 validation trajectories x 500 steps; the chosen model (exported as model.pt) is then
 # evaluated on the whole test split, 1000 steps, with and without the guard, beside ../report.json (the parent).
 # Needs ../run.sh's data and ../lattice_motion's continuations (its run.sh is run first when they are absent).
-#   bash experiments/deep_L32/conserve/run.sh    (~30 min on 2 CPU cores when the continuations exist)
+#   bash experiments/deep_L32/conserve/run.sh    (~1 h on 2 CPU cores when the continuations exist)
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
 WORK=${WORK:-$HERE/work}
@@ -56,4 +56,17 @@ done
 stage calibrate "$PY" -m holstein_dist.results calibrate "$HERE/model.pt" --data "$DATA" --split val --steps 500 \
   --at 1 10 100 --score climate --span 0.3 --points 7 --conserve --work "$WORK/calibrate" \
   --out "$HERE/calibration_conserve_val.csv" --export "$WORK/calibrated.pt"
+# The noise sweep around the chosen recipe (recorded only; trained after the choice above): 2,500-step
+# single-step continuations of ../model.pt with input noise 5e-2 and 1e-2, side by side on one thread each,
+# every checkpoint read under the guard on validation.
+for noise in 5e-2 1e-2; do
+  OMP_NUM_THREADS=1 stage "train_noise$noise" "$PY" -m holstein_dist.train --config "$HERE/continue_noise$noise.yaml" \
+    data="$DATA" run_dir="$WORK/run_noise$noise" init_from="$HERE/../model.pt" &
+done
+wait
+for noise in 5e-2 1e-2; do
+  stage "curve_noise$noise" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_noise$noise" --data "$DATA" \
+    --split val --steps 500 --at 1 10 100 --score climate --conserve \
+    --out "$HERE/rollout_curve_noise${noise}_conserve.csv" --work "$WORK/curve_noise$noise"
+done
 write_times "$HERE/wall_times.json"
