@@ -4,11 +4,11 @@
    the whole metric stage of ``holstein_dist.evaluate.build_report`` (truth + model autocorrelations,
    divergence test, Wasserstein, spectra, energy drift, RMSE) on synthetic order-parameter series.
 2. Rollout throughput at L=32, batch 64, on CPU: the tiny and medium models of configs/model (built
-   with ``build_model`` and random scales; the tiny one also with ``symmetrize`` and with each rollout
-   guard, ``--project`` and ``--conserve``, whose per-step eigendecompositions add to the network's cost)
-   against the exact RK4 simulator (``physics.make_stepper``, numba) from the same deep-quench states, one
-   snapshot = 256 RK4 steps. Both sides get the same threads. Throughput is in rollout-steps per second (one step = one
-   snapshot of one trajectory).
+   with ``build_model`` and random scales; the tiny one also with ``symmetrize``) against the exact RK4
+   simulator (``physics.make_stepper``, numba) from the same deep-quench states, one snapshot = 256 RK4
+   steps; and each rollout guard's per-step restore alone (``--project``, ``--conserve``), which a guarded
+   rollout adds to its model's time. Both sides get the same threads. Throughput is in rollout-steps per
+   second (one step = one snapshot of one trajectory).
 
     python benchmarks/evaluate.py [--threads N] [--tiny-steps 20] [--medium-steps 2] [--exact-steps 20]
 """
@@ -67,17 +67,29 @@ def deep_quench_states(n: int, L: int, rk4_steps: int) -> tuple[np.ndarray, np.n
     return stepper.state()
 
 
-def surrogate_rate(cfg: ModelConfig, state: tuple[np.ndarray, ...], steps: int,
-                   guard: Guard | None = None) -> tuple[float, int]:
+def surrogate_rate(cfg: ModelConfig, state: tuple[np.ndarray, ...], steps: int) -> tuple[float, int]:
     """(rollout-steps/s of a randomly scaled model over ``steps`` snapshots, parameter count)."""
     rng = np.random.default_rng(0)
     model = build_model(cfg, {key: float(rng.uniform(0.05, 1.0)) for key in SCALE_KEYS}).eval()
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in state)
-    model.rollout(*tensors, 1, guard=guard)  # warm-up: allocator and oneDNN kernel selection
+    model.rollout(*tensors, 1)  # warm-up: allocator and oneDNN kernel selection
     start = time.perf_counter()
-    model.rollout(*tensors, steps, guard=guard)
+    model.rollout(*tensors, steps)
     seconds = time.perf_counter() - start
     return state[1].shape[0] * steps / seconds, sum(p.numel() for p in model.parameters())
+
+
+def guard_rate(guard: Guard, state: tuple[np.ndarray, ...], steps: int) -> float:
+    """Rollout-steps/s of a rollout guard's per-step restore alone, applied ``steps`` times to float32 states."""
+    tensors = tuple(torch.from_numpy(np.ascontiguousarray(x)).to(torch.complex64 if np.iscomplexobj(x)
+                                                                  else torch.float32) for x in state)
+    restore = guard.start(*tensors)
+    restore(*tensors)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = restore(*tensors)
+    del out
+    return state[1].shape[0] * steps / (time.perf_counter() - start)
 
 
 def exact_rate(state: tuple[np.ndarray, ...], steps: int, rk4_per_snapshot: int, threads: int) -> float:
@@ -118,17 +130,19 @@ def main(argv: list[str] | None = None) -> None:
           f"1 snapshot = {args.rk4_per_snapshot} RK4 steps")
     print(f"  {'':34s}{'params':>11s}{'steps/s':>11s}{'ms/step/traj':>14s}{'vs exact':>10s}")
     print(f"  {'exact RK4 (numba)':34s}{'-':>11s}{exact:11.1f}{1e3 / exact:14.3f}{1.0:9.2f}x")
-    guards = {"": None, ", --project": Guard(bounds=True),
-              ", --conserve": Guard(conserve=Couplings(g=1.0, K0=physics.K0_DEFAULT, eta=physics.ETA_DEFAULT))}
-    for name, steps, symmetrize, guard in (("tiny", args.tiny_steps, False, ""), ("tiny", args.tiny_steps, True, ""),
-                                           ("tiny", args.tiny_steps, False, ", --project"),
-                                           ("tiny", args.tiny_steps, False, ", --conserve"),
-                                           ("medium", args.medium_steps, False, "")):
+    for name, steps, symmetrize in (("tiny", args.tiny_steps, False), ("tiny", args.tiny_steps, True),
+                                    ("medium", args.medium_steps, False)):
         cfg = load_config(ModelConfig, ROOT / "configs" / "model" / f"{name}.yaml")
         cfg = dataclasses.replace(cfg, symmetrize=symmetrize)  # group averaging: 4 network passes per step
-        rate, params = surrogate_rate(cfg, state, steps, guards[guard])
-        label = f"{name} ({cfg.kind}, C={cfg.channels}x{cfg.n_blocks}){', symm.' if symmetrize else ''}{guard}"
+        rate, params = surrogate_rate(cfg, state, steps)
+        label = f"{name} ({cfg.kind}, C={cfg.channels}x{cfg.n_blocks}){', symm.' if symmetrize else ''}"
         print(f"  {label:34s}{params:11,d}{rate:11.1f}{1e3 / rate:14.3f}{rate / exact:9.2f}x")
+    # The guards alone, on the physical states: a random model's own rollout drifts into huge or tiny numbers
+    # that change its speed, so a guarded random rollout would not isolate the guard's cost.
+    couplings = Couplings(g=1.0, K0=physics.K0_DEFAULT, eta=physics.ETA_DEFAULT)
+    for flag, guard in (("--project", Guard(bounds=True)), ("--conserve", Guard(conserve=couplings))):
+        rate = guard_rate(guard, state, args.tiny_steps)
+        print(f"  {'guard ' + flag + ' alone':34s}{'-':>11s}{rate:11.1f}{1e3 / rate:14.3f}{rate / exact:9.2f}x")
 
 
 if __name__ == "__main__":
