@@ -87,8 +87,7 @@ def guard_rate(guard: Guard, state: tuple[np.ndarray, ...], steps: int) -> float
     restore(*tensors)  # warm-up
     start = time.perf_counter()
     for _ in range(steps):
-        out = restore(*tensors)
-    del out
+        restore(*tensors)
     return state[1].shape[0] * steps / (time.perf_counter() - start)
 
 

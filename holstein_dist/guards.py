@@ -35,6 +35,11 @@ far below the energy shell would otherwise get an unbounded kick; capped, the sh
 few steps."""
 
 
+def hermitian_part(x: Tensor) -> Tensor:
+    """(x + x^H) / 2 for a batch of square matrices ``[..., L, L]``."""
+    return 0.5 * (x + x.transpose(-2, -1).conj())
+
+
 def project_density_matrix(rho: Tensor, trace: float | None = None, iterations: int = 40) -> Tensor:
     """Nearest (Frobenius) Hermitian matrix with eigenvalues in [0, 1] and trace ``trace`` (default: the
     input's, rounded to the nearest integer particle number), for a batch ``[..., L, L]``.
@@ -43,7 +48,7 @@ def project_density_matrix(rho: Tensor, trace: float | None = None, iterations: 
     number and clip, with the shift found by bisection (the clipped sum is monotone in the shift).
     A single-particle density matrix of fermions obeys these bounds exactly; a surrogate's step does not.
     """
-    h = 0.5 * (rho + rho.transpose(-2, -1).conj())
+    h = hermitian_part(rho)
     evals, evecs = torch.linalg.eigh(h)
     n = torch.diagonal(h, dim1=-2, dim2=-1).real.sum(-1).round() if trace is None else \
         torch.full(evals.shape[:-1], float(trace), dtype=evals.dtype, device=evals.device)
@@ -59,7 +64,7 @@ def project_density_matrix(rho: Tensor, trace: float | None = None, iterations: 
 
 def spectrum(rho: Tensor) -> Tensor:
     """Ascending eigenvalues of the Hermitian part of a batch ``[..., L, L]``, shape ``[..., L]``."""
-    return torch.linalg.eigvalsh(0.5 * (rho + rho.transpose(-2, -1).conj()))
+    return torch.linalg.eigvalsh(hermitian_part(rho))
 
 
 def nearest_isospectral(rho: Tensor, eigenvalues: Tensor) -> Tensor:
@@ -68,7 +73,7 @@ def nearest_isospectral(rho: Tensor, eigenvalues: Tensor) -> Tensor:
     It keeps the eigenvectors of rho's Hermitian part and gives them the target eigenvalues in the same
     order (the Hoffman-Wielandt inequality makes the order-matched pairing the closest one).
     """
-    _, evecs = torch.linalg.eigh(0.5 * (rho + rho.transpose(-2, -1).conj()))
+    _, evecs = torch.linalg.eigh(hermitian_part(rho))
     return (evecs * eigenvalues.to(evecs.dtype).unsqueeze(-2)) @ evecs.transpose(-2, -1).conj()
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from holstein_dist.guards import Guard
+from holstein_dist.guards import Guard, hermitian_part
 from holstein_dist.physics import STATE_KEYS
 from holstein_dist.shards import SCALE_KEYS  # the dataset owns its nine normalization scales
 from holstein_dist.symmetry import symmetrized
@@ -351,7 +351,7 @@ class PARC(Surrogate):
 
 def hermitian_traceless(x: Tensor) -> Tensor:
     """Orthogonal projection of a batch of square matrices [..., L, L] onto Hermitian matrices with zero trace."""
-    h = 0.5 * (x + x.transpose(-2, -1).conj())
+    h = hermitian_part(x)
     mean_diag = torch.diagonal(h, dim1=-2, dim2=-1).mean(-1, keepdim=True)
     return h - torch.diag_embed(mean_diag.expand(h.shape[:-1]))
 

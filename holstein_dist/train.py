@@ -229,7 +229,7 @@ def kinetic_log_ratios(preds: list[State], truths: list[State]) -> Tensor:
     The batch's lattice kinetic energy, model over truth: a statistic of the ensemble (its temperature), not
     of any one trajectory, so it can be matched where the trajectories themselves are no longer predictable.
     Negative means the model's lattice is colder. Measured on the deep L=32 validation windows: the
-    single-step-trained PARCs keep 0.96-0.99 of the kinetic energy after one step but only 0.72-0.85 after
+    single-step-trained PARCs keep 0.96-0.99 of the kinetic energy after one step but only 0.72-0.86 after
     eight, which is the cooling the report's lattice_motion section shows over hundreds of steps.
     """
     tiny = torch.finfo(truths[0][2].dtype).tiny  # keeps an all-zero P (a test's toy batch) finite
