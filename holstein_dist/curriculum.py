@@ -13,6 +13,9 @@ import bisect
 import dataclasses
 import math
 
+STAGE_GUARDS = ("none", "bounds", "conserve")
+"""The rollout guards a curriculum stage can train with (``Stage.guard``)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -39,6 +42,15 @@ class Stage:
     Measured there (experiments/deep_L32/lattice_temperature): 8-step unrolling alone kept the temperature and
     a weight of 1 overheated it; docs/training.md."""
 
+    guard: str = "none"
+    """What the unrolled forward restores after every model step, as ``evaluate`` does at rollout time
+    (:class:`holstein_dist.guards.Guard`): ``none`` (the original recipe), ``bounds`` (rho onto the physical
+    bounds, ``--project``) or ``conserve`` (rho onto the window's initial spectrum and the total energy onto
+    its initial value, ``--conserve``; both taken from the clean first snapshot, not the noisy input). The
+    model then trains on the states its guarded rollouts visit. The restore is passed straight through in
+    the backward pass (its Jacobian taken as the identity): the exact one differentiates an eigendecomposition
+    whose spectrum is degenerate (15 ones and 15 zeros at L = 32), where it is singular."""
+
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.n_step < 1 or self.epoch_multiplier < 1:
             raise ValueError(
@@ -50,6 +62,8 @@ class Stage:
             raise ValueError(f"stage noise_carry is {self.noise_carry}; use a fraction in [0, 1]")
         if not (self.kinetic_weight >= 0 and math.isfinite(self.kinetic_weight)):
             raise ValueError(f"stage kinetic_weight is {self.kinetic_weight}; use a finite weight >= 0 (0: no term)")
+        if self.guard not in STAGE_GUARDS:
+            raise ValueError(f"stage guard is {self.guard!r}; choose one of {', '.join(STAGE_GUARDS)}")
 
 
 @dataclasses.dataclass(frozen=True)

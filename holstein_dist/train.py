@@ -56,6 +56,7 @@ from holstein_dist.data import (
     validation_indices,
 )
 from holstein_dist.ensemble import EnsembleConfig, EnsembleResult, train_members, train_parallel
+from holstein_dist.guards import Couplings, Guard
 from holstein_dist.metrics import RMSE_COMPONENTS, component_entries
 from holstein_dist.model import ModelConfig, State, Surrogate, build_model
 from holstein_dist.physics import STATE_KEYS, staggered_density
@@ -268,6 +269,26 @@ def carry_noise(batch: dict[str, Tensor], noise: State, fraction: float) -> dict
     return out
 
 
+Restore = Callable[[Tensor, Tensor, Tensor], State]
+
+
+def restored_straight_through(state: State, restore: Restore) -> State:
+    """The restored state forward, the identity backward: ``s + (restore(s) - s).detach()`` per component."""
+    with torch.no_grad():
+        fixed = restore(*(s.detach() for s in state))
+    return tuple(s + (f.to(s.dtype) - s.detach()) for s, f in zip(state, fixed, strict=True))
+
+
+def stage_restore(stage: Stage, data: shards.Dataset, rho: Tensor, Q: Tensor, P: Tensor) -> Restore | None:
+    """The per-step restore of ``stage.guard`` for windows starting at the clean states (rho, Q, P), or None."""
+    if stage.guard == "none":
+        return None
+    guard = (Guard(bounds=True) if stage.guard == "bounds" else
+             Guard(conserve=Couplings(g=data.g_f, **data.constants)))
+    with torch.no_grad():
+        return guard.start(rho, Q, P)
+
+
 class Rollout(nn.Module):
     """Unrolls a surrogate on its own predictions inside ONE forward call.
 
@@ -284,7 +305,9 @@ class Rollout(nn.Module):
         nxt, derivative = self.module(rho, Q, P, return_derivative=True)
         return (*nxt, *derivative) if derivative is not None else nxt
 
-    def forward(self, rho: Tensor, Q: Tensor, P: Tensor, n_step: int) -> tuple[list[State], list[State] | None]:
+    def forward(self, rho: Tensor, Q: Tensor, P: Tensor, n_step: int,
+                restore: Restore | None = None) -> tuple[list[State], list[State] | None]:
+        """``restore``: a guard's per-step restore (``Guard.start``), applied after every step, straight through."""
         states, derivatives = [], []
         state = (rho, Q, P)
         for _ in range(n_step):
@@ -293,6 +316,8 @@ class Rollout(nn.Module):
             else:
                 out = self._one(*state)
             state = tuple(out[:3])
+            if restore is not None:
+                state = restored_straight_through(state, restore)
             states.append(state)
             if len(out) == 6:
                 derivatives.append(tuple(out[3:]))
@@ -558,13 +583,14 @@ class Trainer:
         torch.manual_seed(step_seed(self.cfg.seed, self.env.rank, self.step))
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         rho, Q, P = batch["rho"][:, 0], batch["Q"][:, 0], batch["P"][:, 0]
+        restore = stage_restore(stage, self.data, rho, Q, P)  # the clean window's invariants
         if stage.noise > 0:
             n_rho, n_Q, n_P = input_noise(batch, stage.noise, self.cfg.seed, self.env.rank, epoch, position)
             rho, Q, P = rho + n_rho, Q + n_Q, P + n_P
             if stage.noise_carry > 0:
                 batch = carry_noise(batch, (n_rho, n_Q, n_P), stage.noise_carry)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            states, derivatives = self.rollout(rho, Q, P, stage.n_step)
+            states, derivatives = self.rollout(rho, Q, P, stage.n_step, restore)
         loss, state_terms, deriv_terms = rollout_loss(states, derivatives, batch)
         log_ratios = kinetic_log_ratios(states, target_states(batch, stage.n_step))
         if stage.kinetic_weight > 0:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from holstein_dist import physics
+from holstein_dist import physics, train
+from holstein_dist.curriculum import Stage
+from holstein_dist.data import open_data
 from holstein_dist.guards import (
     MAX_MOMENTUM_GAIN,
     Couplings,
@@ -15,6 +17,7 @@ from holstein_dist.guards import (
     restore_energy,
     spectrum,
 )
+from holstein_dist.model import ModelConfig, build_model
 
 COUPLINGS = Couplings(g=1.0, K0=physics.K0_DEFAULT, eta=physics.ETA_DEFAULT)
 
@@ -106,3 +109,31 @@ def test_guard_choices():
     torch.testing.assert_close(Guard(bounds=True).start(*state)(noisy, *state[1:])[0], project_density_matrix(noisy))
     with pytest.raises(ValueError, match="exclusive"):
         Guard(bounds=True, conserve=COUPLINGS)
+
+
+def test_a_conserve_stage_unrolls_on_the_windows_invariants_and_still_trains_the_model(tiny_data):
+    """curriculum stage guard: conserve: every unrolled training state keeps the clean window start's spectrum
+    and total energy, whatever the noisy input and the model's steps, and the loss still reaches the weights."""
+    data = open_data(tiny_data)  # its constants and coupling; its deep L = 16 lattice barely moves, so not its states
+    c = Couplings(g=data.g_f, **data.constants)
+    rho, Q, P = _physical_state(3, 8, torch.Generator().manual_seed(4))
+    clean = (rho.to(torch.complex64), Q.float(), P.float())
+    restore = train.stage_restore(Stage(epochs=1, n_step=3, noise=0.02, guard="conserve"), data, *clean)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("parc", 8, 1, constrain_rho=True), data.scales)
+    for p in model.parameters():  # an untrained model with visible steps (the integrator's output starts at 0)
+        torch.nn.init.normal_(p, std=0.05)
+    noisy = tuple(s + 0.02 * torch.randn_like(s) for s in clean)
+    states, _ = train.Rollout(model)(*noisy, n_step=3, restore=restore)
+    e0 = physics.energy(*(s.double() if not s.is_complex() else s.to(torch.complex128) for s in clean),
+                        g=c.g, K0=c.K0, eta=c.eta)
+    for r, q, p in states:
+        assert (r.detach() - clean[0]).abs().max() > 1e-3  # the model did move rho ...
+        torch.testing.assert_close(spectrum(r.detach()), spectrum(clean[0]), atol=1e-5, rtol=0)  # ... not its spectrum
+        e = physics.energy(r.detach().to(torch.complex128), q.detach().double(), p.detach().double(),
+                           g=c.g, K0=c.K0, eta=c.eta)
+        torch.testing.assert_close(e, e0, atol=1e-4, rtol=0)
+    sum(r.abs().square().sum() + q.square().sum() + p.square().sum() for r, q, p in states).backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert train.stage_restore(Stage(epochs=1, n_step=3, noise=0.0), data, *clean) is None  # guard: none

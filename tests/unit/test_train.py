@@ -183,6 +183,18 @@ def test_kinetic_term_keeps_the_temperature_an_rms_fit_gives_away(weight):
 # --------------------------------------------------------------------------- real runs
 
 
+def test_a_restore_is_taken_forward_and_passed_straight_through_backward():
+    gen = torch.Generator().manual_seed(3)
+    state = tuple(torch.randn(2, 4, generator=gen).requires_grad_() for _ in range(3))
+    fixed = train.restored_straight_through(state, lambda r, q, p: (r.clamp(-0.1, 0.1), 2 * q, torch.zeros_like(p)))
+    torch.testing.assert_close(fixed[0], state[0].detach().clamp(-0.1, 0.1))
+    torch.testing.assert_close(fixed[1], 2 * state[1].detach())
+    assert not fixed[2].detach().any()
+    sum(f.sum() for f in fixed).backward()  # the restore's own Jacobian (0 where clamped, 2, 0) is not used
+    for s in state:
+        torch.testing.assert_close(s.grad, torch.ones_like(s))
+
+
 def test_loss_decreases_on_the_tiny_data_set(tiny_data, tmp_path):
     run_tiny(tiny_data, tmp_path / "run", "curriculum.batches_per_epoch=40",
              "curriculum.stages=[{epochs: 3, n_step: 1, noise: 0.0}]", "val_every=20", "log_every=10")
@@ -272,6 +284,7 @@ def test_one_piece_of_the_composition_root_can_be_swapped(tiny_data, tmp_path):
         (["train_split=holdout"], "train_split 'holdout' is not in"),
         (["curriculum.stages=[{epochs: 1, n_step: 1, noise: 0.01, noise_carry: 2}]"], "noise_carry is 2"),
         (["curriculum.stages=[{epochs: 1, n_step: 1, noise: 0.01, kinetic_weight: -1}]"], "kinetic_weight is -1"),
+        (["curriculum.stages=[{epochs: 1, n_step: 1, noise: 0.01, guard: energy}]"], "guard is 'energy'"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_data, tmp_path, capsys, overrides, message):
