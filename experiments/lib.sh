@@ -29,6 +29,26 @@ capped() {
   return "$rc"
 }
 
+# in_background NAME COMMAND...: a stage started in the background (side-by-side trainings, one core each);
+# wait_background waits for all of them, records each one's own wall time and fails if any failed
+BG_PIDS=() BG_NAMES=()
+BG_DIR=$(mktemp -d)
+in_background() {
+  local name=$1; shift
+  echo "=== $name (background): $*"
+  ( t0=$SECONDS; "$@"; echo $((SECONDS - t0)) > "$BG_DIR/$name" ) &
+  BG_PIDS+=($!) BG_NAMES+=("$name")
+}
+wait_background() {
+  local i rc=0
+  for i in "${!BG_PIDS[@]}"; do
+    wait "${BG_PIDS[$i]}" || rc=$?
+    [ -f "$BG_DIR/${BG_NAMES[$i]}" ] && TIMES+=("\"${BG_NAMES[$i]}\": $(cat "$BG_DIR/${BG_NAMES[$i]}")")
+  done
+  BG_PIDS=() BG_NAMES=()
+  return "$rc"
+}
+
 export_model() {  # export_model SOURCE OUT: a run dir's or checkpoint's weights-only model file
   "$PY" -c "from holstein_dist.checkpoints import export_model; export_model('$1', '$2')"
 }

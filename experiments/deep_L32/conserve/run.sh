@@ -60,10 +60,10 @@ stage calibrate "$PY" -m holstein_dist.results calibrate "$HERE/model.pt" --data
 # single-step continuations of ../model.pt with input noise 5e-2 and 1e-2, side by side on one thread each,
 # every checkpoint read under the guard on validation.
 for noise in 5e-2 1e-2; do
-  OMP_NUM_THREADS=1 stage "train_noise$noise" "$PY" -m holstein_dist.train --config "$HERE/continue_noise$noise.yaml" \
-    data="$DATA" run_dir="$WORK/run_noise$noise" init_from="$HERE/../model.pt" &
+  OMP_NUM_THREADS=1 in_background "train_noise$noise" "$PY" -m holstein_dist.train \
+    --config "$HERE/continue_noise$noise.yaml" data="$DATA" run_dir="$WORK/run_noise$noise" init_from="$HERE/../model.pt"
 done
-wait
+wait_background
 for noise in 5e-2 1e-2; do
   stage "curve_noise$noise" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_noise$noise" --data "$DATA" \
     --split val --steps 500 --at 1 10 100 --score climate --conserve \

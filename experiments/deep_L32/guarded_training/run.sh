@@ -18,10 +18,10 @@ stage generate "$PY" -m holstein_dist.generate --config "$HERE/../data.yaml" --o
 
 RUNS=(unroll_guarded unroll_plain)
 for run in "${RUNS[@]}"; do
-  OMP_NUM_THREADS=1 stage "train_$run" "$PY" -m holstein_dist.train --config "$HERE/$run.yaml" data="$DATA" \
-    run_dir="$WORK/run_$run" init_from="$HERE/../conserve/model.pt" &
+  OMP_NUM_THREADS=1 in_background "train_$run" "$PY" -m holstein_dist.train --config "$HERE/$run.yaml" data="$DATA" \
+    run_dir="$WORK/run_$run" init_from="$HERE/../conserve/model.pt"
 done
-wait
+wait_background
 
 for run in "${RUNS[@]}"; do
   stage "curve_$run" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_$run" --data "$DATA" --split val \
@@ -43,6 +43,30 @@ for name in parent "${RUNS[@]}"; do
 done
 "$PY" -m holstein_dist.results table "${REPORTS[@]}" --names parent "${RUNS[@]}" --steps 1 500 | tee "$HERE/results_val.md"
 best=$("$PY" -m holstein_dist.results score --score climate "${REPORTS[@]:1}" | sort -g | head -1 | awk '{print $2}')
+ROUND1=$(basename "$(dirname "$best")")
+echo "round 1, chosen on validation: $ROUND1"
+
+# Round 2, from round 1's choice: 16-step guarded unrolls (batch 8) against the same 1,000 extra steps at 8.
+ROUND2=(continue_guarded_n16 continue_guarded_n8)
+for run in "${ROUND2[@]}"; do
+  OMP_NUM_THREADS=1 in_background "train_$run" "$PY" -m holstein_dist.train --config "$HERE/$run.yaml" data="$DATA" \
+    run_dir="$WORK/run_$run" init_from="$WORK/${ROUND1}_best.pt"
+done
+wait_background
+for run in "${ROUND2[@]}"; do
+  stage "curve_$run" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_$run" --data "$DATA" --split val \
+    --steps 500 --at 1 10 100 --score climate --conserve --out "$HERE/rollout_curve_${run}_conserve.csv" \
+    --work "$WORK/curve_$run" --export "$WORK/${run}_best.pt"
+  "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
+  stage "val_$run" "$PY" -m holstein_dist.evaluate --checkpoint "$WORK/${run}_best.pt" --data "$DATA" --split val \
+    --steps 500 --baseline-steps 0 --no-plots --conserve --out "$WORK/val_$run"
+  mkdir -p "$HERE/val/$run" && cp "$WORK/val_$run/report.json" "$HERE/val/$run/"
+done
+FINAL=("$ROUND1" "${ROUND2[@]}")
+FINAL_REPORTS=() && for run in "${FINAL[@]}"; do FINAL_REPORTS+=("$HERE/val/$run/report.json"); done
+"$PY" -m holstein_dist.results table "$HERE/val/parent/report.json" "${FINAL_REPORTS[@]}" --names parent "${FINAL[@]}" \
+  --steps 1 500 | tee "$HERE/results_val_round2.md"
+best=$("$PY" -m holstein_dist.results score --score climate "${FINAL_REPORTS[@]}" | sort -g | head -1 | awk '{print $2}')
 CHOSEN=$(basename "$(dirname "$best")")
 echo "chosen on validation: $CHOSEN"
 export_model "$WORK/${CHOSEN}_best.pt" "$HERE/model.pt"

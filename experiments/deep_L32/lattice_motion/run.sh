@@ -18,14 +18,15 @@ VAL=(--data "$DATA" --split val --steps 500 --baseline-steps 0 --no-plots)
 [ -f "$DATA/manifest.json" ] || stage generate "$PY" -m holstein_dist.generate --config "$HERE/../data.yaml" \
   --out "$DATA" --workers 2
 
-train() {  # train NAME: one continuation, one thread (its config says threads: 1)
-  OMP_NUM_THREADS=1 stage "train_$1" "$PY" -m holstein_dist.train --config "$HERE/$1.yaml" data="$DATA" \
+train() {  # train NAME: one continuation in the background, one thread (its config says threads: 1)
+  OMP_NUM_THREADS=1 in_background "train_$1" "$PY" -m holstein_dist.train --config "$HERE/$1.yaml" data="$DATA" \
     run_dir="$WORK/run_$1" init_from="$HERE/../model.pt"
 }
-train continue_noise2e-2 & first=$!
+train continue_noise2e-2
 train continue_carried
-wait "$first"
+wait_background
 train continue_noise5e-3
+wait_background
 
 evaluate() {  # evaluate NAME MODEL
   stage "evaluate_$1" "$PY" -m holstein_dist.evaluate --checkpoint "$2" "${VAL[@]}" --out "$WORK/eval_$1"

@@ -13,13 +13,13 @@ cd "$ROOT"
 needs_lattice_motion
 INIT=$MOTION_WORK/run_continue_carried/checkpoints/step-00006000.pt
 
-train() {  # train NAME: one run, one thread (its config says threads: 1)
-  OMP_NUM_THREADS=1 stage "train_$1" "$PY" -m holstein_dist.train --config "$HERE/$1.yaml" data="$DATA" \
+train() {  # train NAME: one run in the background, one thread (its config says threads: 1)
+  OMP_NUM_THREADS=1 in_background "train_$1" "$PY" -m holstein_dist.train --config "$HERE/$1.yaml" data="$DATA" \
     run_dir="$WORK/run_$1" init_from="$INIT"
 }
-train unroll_control & first=$!
+train unroll_control
 train unroll_kinetic
-wait "$first"
+wait_background
 
 REPORTS=() NAMES=()
 for run in unroll_control unroll_kinetic; do
