@@ -31,10 +31,10 @@ capped() {
 
 # in_background NAME COMMAND...: a stage started in the background (side-by-side trainings, one core each);
 # wait_background waits for all of them, records each one's own wall time and fails if any failed
-BG_PIDS=() BG_NAMES=()
-BG_DIR=$(mktemp -d)
+BG_PIDS=() BG_NAMES=() BG_DIR=
 in_background() {
   local name=$1; shift
+  [ -n "$BG_DIR" ] || BG_DIR=$(mktemp -d)
   echo "=== $name (background): $*"
   ( t0=$SECONDS; "$@"; echo $((SECONDS - t0)) > "$BG_DIR/$name" ) &
   BG_PIDS+=($!) BG_NAMES+=("$name")

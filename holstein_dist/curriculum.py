@@ -13,8 +13,7 @@ import bisect
 import dataclasses
 import math
 
-STAGE_GUARDS = ("none", "bounds", "conserve")
-"""The rollout guards a curriculum stage can train with (``Stage.guard``)."""
+from holstein_dist.guards import GUARD_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +61,8 @@ class Stage:
             raise ValueError(f"stage noise_carry is {self.noise_carry}; use a fraction in [0, 1]")
         if not (self.kinetic_weight >= 0 and math.isfinite(self.kinetic_weight)):
             raise ValueError(f"stage kinetic_weight is {self.kinetic_weight}; use a finite weight >= 0 (0: no term)")
-        if self.guard not in STAGE_GUARDS:
-            raise ValueError(f"stage guard is {self.guard!r}; choose one of {', '.join(STAGE_GUARDS)}")
+        if self.guard not in GUARD_NAMES:
+            raise ValueError(f"stage guard is {self.guard!r}; choose one of {', '.join(GUARD_NAMES)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,7 +42,7 @@ from holstein_dist.config import from_dict, layered
 from holstein_dist.ensemble import is_ensemble
 from holstein_dist.evaluate_ensemble import Ensemble, EnsembleShare, ensemble_metrics, fitted_scales, load_ensemble
 from holstein_dist.evaluate_ensemble import summary_lines as ensemble_summary_lines
-from holstein_dist.guards import Couplings, Guard
+from holstein_dist.guards import Couplings, Guard, named_guard
 from holstein_dist.metrics import (
     COHERENCE_FLOOR,
     ORDER_KEYS,
@@ -918,9 +918,8 @@ def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Sur
 
 def rollout_guard(opts: Options, plan: Plan) -> Guard | None:
     """What the model rollouts restore after every step (``--project``, ``--conserve``), or None."""
-    if opts.conserve:
-        return Guard(conserve=Couplings(g=plan.g_f, K0=plan.K0, eta=plan.eta))
-    return Guard(bounds=True) if opts.project else None
+    name = "conserve" if opts.conserve else "bounds" if opts.project else "none"
+    return named_guard(name, Couplings(g=plan.g_f, K0=plan.K0, eta=plan.eta))
 
 
 def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any] | None:

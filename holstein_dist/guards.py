@@ -130,3 +130,15 @@ class Guard:
                     return project_density_matrix(r), q, p
             return bounds
         return None
+
+
+GUARD_NAMES = ("none", "bounds", "conserve")
+"""The guards by name: a curriculum stage's ``guard``; evaluate's ``--project`` is ``bounds``, ``--conserve``
+``conserve``."""
+
+
+def named_guard(name: str, couplings: Couplings) -> Guard | None:
+    """The guard ``name`` (one of :data:`GUARD_NAMES`) selects, None for ``none``; ``couplings`` serve ``conserve``."""
+    if name not in GUARD_NAMES:
+        raise ValueError(f"guard is {name!r}; choose one of {', '.join(GUARD_NAMES)}")
+    return {"none": None, "bounds": Guard(bounds=True), "conserve": Guard(conserve=couplings)}[name]

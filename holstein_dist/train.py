@@ -56,7 +56,7 @@ from holstein_dist.data import (
     validation_indices,
 )
 from holstein_dist.ensemble import EnsembleConfig, EnsembleResult, train_members, train_parallel
-from holstein_dist.guards import Couplings, Guard
+from holstein_dist.guards import Couplings, named_guard
 from holstein_dist.metrics import RMSE_COMPONENTS, component_entries
 from holstein_dist.model import ModelConfig, State, Surrogate, build_model
 from holstein_dist.physics import STATE_KEYS, staggered_density
@@ -281,12 +281,8 @@ def restored_straight_through(state: State, restore: Restore) -> State:
 
 def stage_restore(stage: Stage, data: shards.Dataset, rho: Tensor, Q: Tensor, P: Tensor) -> Restore | None:
     """The per-step restore of ``stage.guard`` for windows starting at the clean states (rho, Q, P), or None."""
-    if stage.guard == "none":
-        return None
-    guard = (Guard(bounds=True) if stage.guard == "bounds" else
-             Guard(conserve=Couplings(g=data.g_f, **data.constants)))
-    with torch.no_grad():
-        return guard.start(rho, Q, P)
+    guard = named_guard(stage.guard, Couplings(g=data.g_f, **data.constants))
+    return guard.start(rho, Q, P) if guard is not None else None
 
 
 class Rollout(nn.Module):

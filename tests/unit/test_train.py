@@ -180,9 +180,6 @@ def test_kinetic_term_keeps_the_temperature_an_rms_fit_gives_away(weight):
         assert ratio > 0.95
 
 
-# --------------------------------------------------------------------------- real runs
-
-
 def test_a_restore_is_taken_forward_and_passed_straight_through_backward():
     gen = torch.Generator().manual_seed(3)
     state = tuple(torch.randn(2, 4, generator=gen).requires_grad_() for _ in range(3))
@@ -193,6 +190,9 @@ def test_a_restore_is_taken_forward_and_passed_straight_through_backward():
     sum(f.sum() for f in fixed).backward()  # the restore's own Jacobian (0 where clamped, 2, 0) is not used
     for s in state:
         torch.testing.assert_close(s.grad, torch.ones_like(s))
+
+
+# --------------------------------------------------------------------------- real runs
 
 
 def test_loss_decreases_on_the_tiny_data_set(tiny_data, tmp_path):
