@@ -10,11 +10,13 @@ from holstein_dist.curriculum import Stage
 from holstein_dist.data import open_data
 from holstein_dist.guards import (
     MAX_MOMENTUM_GAIN,
+    MIN_MOMENTUM_GAIN,
     Couplings,
     Guard,
     nearest_isospectral,
     project_density_matrix,
     restore_energy,
+    shift_electronic_energy,
     spectrum,
 )
 from holstein_dist.model import ModelConfig, build_model
@@ -72,18 +74,61 @@ def test_nearest_isospectral_keeps_a_matrix_with_the_spectrum_and_restores_it_af
     assert ((out - noisy).abs().square().sum((-2, -1)) <= (other - noisy).abs().square().sum((-2, -1))).all()
 
 
+def _energy(rho: torch.Tensor, Q: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    c = COUPLINGS
+    return physics.energy(rho.to(torch.complex128), Q.double(), P.double(), g=c.g, K0=c.K0, eta=c.eta)
+
+
+def _kinetic(P: torch.Tensor) -> torch.Tensor:
+    return COUPLINGS.K0 / (2.0 * COUPLINGS.eta) * P.double().square().sum(-1)
+
+
 def test_restore_energy_puts_the_state_back_on_the_energy_shell():
     gen = torch.Generator().manual_seed(8)
     rho, Q, P = _physical_state(4, 8, gen)
-    target = physics.energy(rho, Q, P, g=COUPLINGS.g, K0=COUPLINGS.K0, eta=COUPLINGS.eta)
-    for scale in (0.7, 1.3):  # a cooled and a heated step
-        restored = restore_energy(rho, Q, scale * P, target, COUPLINGS)
-        torch.testing.assert_close(restored, P)
+    target = _energy(rho, Q, P)
+    for scale in (0.7, 1.3):  # a cooled and a heated step: velocity rescaling alone, rho untouched
+        restored_rho, restored_p = restore_energy(rho, Q, scale * P, target, COUPLINGS)
+        torch.testing.assert_close(restored_p, P)
+        assert torch.equal(restored_rho, rho)
     # Far below the shell: at most MAX_MOMENTUM_GAIN in one step.
-    torch.testing.assert_close(restore_energy(rho, Q, 0.01 * P, target, COUPLINGS), 0.01 * MAX_MOMENTUM_GAIN * P)
-    # Above the shell even with P = 0: the kinetic energy cannot be negative.
-    assert (restore_energy(rho, Q, P, target - 10.0, COUPLINGS) == 0).all()
-    assert restore_energy(rho, Q, P.float(), target, COUPLINGS).dtype == torch.float32
+    torch.testing.assert_close(restore_energy(rho, Q, 0.01 * P, target, COUPLINGS)[1], 0.01 * MAX_MOMENTUM_GAIN * P)
+    restored = restore_energy(rho, Q, P.float(), target, COUPLINGS)
+    assert restored[1].dtype == torch.float32 and restored[0].dtype == rho.dtype
+
+
+def test_hot_electrons_give_their_excess_energy_instead_of_freezing_the_lattice():
+    gen = torch.Generator().manual_seed(8)
+    rho, Q, P = _physical_state(4, 8, gen)
+    # The shell leaves the lattice only a tenth of its kinetic energy: velocity rescaling alone would take the
+    # momenta down to 0.32 of themselves (and to 0 with an excess beyond the kinetic energy).
+    target = _energy(rho, Q, P) - 0.9 * _kinetic(P)
+    new_rho, new_p = restore_energy(rho, Q, P, target, COUPLINGS)
+    torch.testing.assert_close(new_p, MIN_MOMENTUM_GAIN * P)  # the lattice cools no further than the floor
+    torch.testing.assert_close(_energy(new_rho, Q, new_p), target)  # the electrons gave the rest
+    torch.testing.assert_close(spectrum(new_rho), spectrum(rho))  # by a unitary rotation of rho
+    assert (new_rho - rho).abs().amax() > 1e-3
+    # In single precision, as rollouts run: the same within float32's resolution.
+    new_rho32, new_p32 = restore_energy(rho.to(torch.complex64), Q.float(), P.float(), target, COUPLINGS)
+    assert new_rho32.dtype == torch.complex64 and new_p32.dtype == torch.float32
+    torch.testing.assert_close(_energy(new_rho32, Q, new_p32), target, atol=1e-5, rtol=0)
+
+
+def test_electronic_energy_shift_moves_along_the_orbit_by_the_asked_amount_and_no_further_than_its_reach():
+    gen = torch.Generator().manual_seed(11)
+    rho, Q, _ = _physical_state(3, 8, gen)
+    c = COUPLINGS
+    zero_p = torch.zeros_like(Q)
+    delta = torch.tensor([-0.3, 0.2, 0.0], dtype=torch.float64)
+    moved = shift_electronic_energy(rho, Q, delta, c)
+    torch.testing.assert_close(_energy(moved, Q, zero_p) - _energy(rho, Q, zero_p), delta)
+    torch.testing.assert_close(spectrum(moved), spectrum(rho))
+    torch.testing.assert_close(moved[2], rho[2])  # nothing asked, nothing moved
+    # An impossible shift (far below the orbit's lowest energy) is made only in part, still isospectral.
+    far = shift_electronic_energy(rho, Q, torch.full((3,), -100.0, dtype=torch.float64), c)
+    change = _energy(far, Q, zero_p) - _energy(rho, Q, zero_p)
+    assert ((change < 0) & (change > -100.0)).all()
+    torch.testing.assert_close(spectrum(far), spectrum(rho))
 
 
 def test_conserving_guard_keeps_the_initial_spectrum_and_energy_through_perturbed_steps():
