@@ -102,3 +102,63 @@ needs_lattice_motion() {
   [ -f "$MOTION_WORK/run_continue_noise5e-3/checkpoints/step-00006000.pt" ] || \
     WORK=$MOTION_WORK PARENT_WORK=$PARENT_WORK bash "$deep/lattice_motion/run.sh"
 }
+
+# deep_data: the deep L = 32 experiments' common start on ../run.sh's data set (experiments/deep_L32/work/data unless
+# PARENT_WORK says otherwise): sets WORK, DATA and VAL (16 validation trajectories x 500 steps), and generates the
+# set, which is quick when its shards exist (the generator skips complete ones).
+deep_data() {
+  WORK=${WORK:-$HERE/work}
+  PARENT_WORK=${PARENT_WORK:-$ROOT/experiments/deep_L32/work}
+  DATA=$PARENT_WORK/data
+  VAL=(--data "$DATA" --split val --steps 500)
+  cd "$ROOT"
+  stage generate "$PY" -m holstein_dist.generate --config experiments/deep_L32/data.yaml --out "$DATA" --workers 2
+}
+
+# Rounds of guarded deep training (experiments/deep_L32/guarded_training, long_unroll). They read HERE (the
+# experiment), WORK, DATA and VAL (the validation flags: --data, --split, --steps): each run's checkpoints are read
+# with --conserve on validation, each run keeps its best by the climate score, and reports land in $HERE/val/NAME.
+validate() {  # validate NAME CHECKPOINT: a guarded validation report, kept in val/NAME
+  stage "val_$1" "$PY" -m holstein_dist.evaluate --checkpoint "$2" "${VAL[@]}" --baseline-steps 0 --no-plots \
+    --conserve --out "$WORK/val_$1"
+  mkdir -p "$HERE/val/$1" && cp "$WORK/val_$1/report.json" "$HERE/val/$1/"
+}
+train_round() {  # train_round INIT RUN...: the runs side by side from INIT, then each one's best checkpoint
+  local init=$1 run; shift
+  for run in "$@"; do
+    OMP_NUM_THREADS=1 in_background "train_$run" "$PY" -m holstein_dist.train --config "$HERE/$run.yaml" \
+      data="$DATA" run_dir="$WORK/run_$run" init_from="$init"
+  done
+  wait_background
+  for run in "$@"; do
+    stage "curve_$run" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_$run" "${VAL[@]}" --at 1 10 100 \
+      --score climate --conserve --out "$HERE/rollout_curve_${run}_conserve.csv" --work "$WORK/curve_$run" \
+      --export "$WORK/${run}_best.pt"
+    "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
+    validate "$run" "$WORK/${run}_best.pt"
+  done
+}
+best_of() {  # best_of NAME...: the name whose validation report has the lowest climate score
+  local reports=() name
+  for name in "$@"; do reports+=("$HERE/val/$name/report.json"); done
+  basename "$(dirname "$("$PY" -m holstein_dist.results score --score climate "${reports[@]}" | sort -g | head -1 \
+    | awk '{print $2}')")"
+}
+val_table() {  # val_table OUT NAME...: the validation reports side by side
+  local out=$1 reports=() name; shift
+  for name in "$@"; do reports+=("$HERE/val/$name/report.json"); done
+  "$PY" -m holstein_dist.results table "${reports[@]}" --names "$@" --steps 1 500 | tee "$out"
+}
+
+test_beside_parent() {  # test_beside_parent NAME: NAME's best exported as model.pt, tested with --conserve beside PARENT
+  export_model "$WORK/${1}_best.pt" "$HERE/model.pt"
+  local name ckpt
+  for name in parent chosen; do
+    ckpt=$PARENT && [ "$name" = chosen ] && ckpt=$HERE/model.pt
+    stage "test_$name" "$PY" -m holstein_dist.evaluate --checkpoint "$ckpt" --data "$DATA" --split test --conserve \
+      --out "$WORK/test_$name"
+    keep_results "$WORK/test_$name" "$HERE/test_$name"
+  done
+  "$PY" -m holstein_dist.results table "$HERE"/test_{parent,chosen}/report.json \
+    --names "parent + --conserve" "$1 + --conserve" --steps 1 10 100 1000 | tee "$HERE/results.md"
+}

@@ -11,46 +11,8 @@
 #   bash experiments/deep_L32/guarded_training/run.sh    (~1 h 50 min on 2 CPU cores once the deep data exist)
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
-WORK=${WORK:-$HERE/work}
-PARENT_WORK=${PARENT_WORK:-$HERE/../work}
-DATA=$PARENT_WORK/data
 PARENT=$HERE/../conserve/model.pt
-VAL=(--data "$DATA" --split val --steps 500)
-cd "$ROOT"
-# ../run.sh's data set; the generator skips the shards that are complete, so this is quick when they exist
-stage generate "$PY" -m holstein_dist.generate --config "$HERE/../data.yaml" --out "$DATA" --workers 2
-
-validate() {  # validate NAME CHECKPOINT: a guarded validation report, kept in val/NAME
-  stage "val_$1" "$PY" -m holstein_dist.evaluate --checkpoint "$2" "${VAL[@]}" --baseline-steps 0 --no-plots \
-    --conserve --out "$WORK/val_$1"
-  mkdir -p "$HERE/val/$1" && cp "$WORK/val_$1/report.json" "$HERE/val/$1/"
-}
-train_round() {  # train_round INIT RUN...: the runs side by side from INIT, then each one's best checkpoint
-  local init=$1 run; shift
-  for run in "$@"; do
-    OMP_NUM_THREADS=1 in_background "train_$run" "$PY" -m holstein_dist.train --config "$HERE/$run.yaml" \
-      data="$DATA" run_dir="$WORK/run_$run" init_from="$init"
-  done
-  wait_background
-  for run in "$@"; do
-    stage "curve_$run" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_$run" "${VAL[@]}" --at 1 10 100 \
-      --score climate --conserve --out "$HERE/rollout_curve_${run}_conserve.csv" --work "$WORK/curve_$run" \
-      --export "$WORK/${run}_best.pt"
-    "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
-    validate "$run" "$WORK/${run}_best.pt"
-  done
-}
-best_of() {  # best_of NAME...: the name whose validation report has the lowest climate score
-  local reports=() name
-  for name in "$@"; do reports+=("$HERE/val/$name/report.json"); done
-  basename "$(dirname "$("$PY" -m holstein_dist.results score --score climate "${reports[@]}" | sort -g | head -1 \
-    | awk '{print $2}')")"
-}
-val_table() {  # val_table OUT NAME...: the validation reports side by side
-  local out=$1 reports=() name; shift
-  for name in "$@"; do reports+=("$HERE/val/$name/report.json"); done
-  "$PY" -m holstein_dist.results table "${reports[@]}" --names "$@" --steps 1 500 | tee "$out"
-}
+deep_data
 
 # The parent re-read here: a data set regenerated on another machine can differ from ../conserve's in the last
 # bits, and the chaotic rollouts amplify that.
@@ -63,15 +25,7 @@ train_round "$WORK/${ROUND1}_best.pt" continue_guarded_n8
 val_table "$HERE/results_val_round2.md" parent "$ROUND1" continue_guarded_n8
 CHOSEN=$(best_of "$ROUND1" continue_guarded_n8)
 echo "chosen on validation: $CHOSEN"
-export_model "$WORK/${CHOSEN}_best.pt" "$HERE/model.pt"
-for name in parent chosen; do
-  ckpt=$PARENT && [ "$name" = chosen ] && ckpt=$HERE/model.pt
-  stage "test_$name" "$PY" -m holstein_dist.evaluate --checkpoint "$ckpt" --data "$DATA" --split test --conserve \
-    --out "$WORK/test_$name"
-  keep_results "$WORK/test_$name" "$HERE/test_$name"
-done
-"$PY" -m holstein_dist.results table "$HERE"/test_{parent,chosen}/report.json \
-  --names "parent + --conserve" "$CHOSEN + --conserve" --steps 1 10 100 1000 | tee "$HERE/results.md"
+test_beside_parent "$CHOSEN"
 # Trained for guarded rollouts: the same model on validation without the guard (recorded).
 stage val_chosen_plain "$PY" -m holstein_dist.evaluate --checkpoint "$HERE/model.pt" "${VAL[@]}" --baseline-steps 0 \
   --no-plots --out "$WORK/val_chosen_plain"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Deep quench, L = 32: longer guarded unrolls, and a larger validation set to choose by. ../guarded_training's model
+# (8-step guarded unrolls, read with evaluate --conserve) errs most around lag 40 of the order parameters'
+# autocorrelation, well beyond the 8 steps it learned to roll out, and its 16-step variant collapsed when the energy
+# restore zeroed the lattice momenta. With the restore's momentum floor (the electrons give up what the lattice
+# cannot), two runs from that model, side by side, one core each: unroll16.yaml (16-step guarded unrolls, batch 8;
+# stopped at step 600 of its schedule) and its control unroll8.yaml (8 steps, batch 16: the same windows x steps per
+# update; 1,000 steps). Each run keeps its best checkpoint on the 16 validation trajectories x 500 steps, as before.
+# Those 16 rollouts are too few to rank models this close (two checkpoint averages of one run scored 0.14 and 0.37
+# there), so the candidates (the parent, both runs' best, the mean weights of each 8-step run's checkpoints) are
+# ranked on 64 more validation trajectories x 1000 steps of another seed (data_val64.yaml), by the climate score;
+# the first is evaluated on the test split beside the parent.
+#   bash experiments/deep_L32/long_unroll/run.sh    (~2 h on 2 CPU cores once the deep data and ../guarded_training's
+#   work directory exist; ../guarded_training/run.sh is run first when its round-2 checkpoints are absent)
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/../../lib.sh"
+PARENT=$HERE/../guarded_training/model.pt
+deep_data
+
+GUARDED_WORK=${GUARDED_WORK:-$HERE/../guarded_training/work}
+ROUND2=$GUARDED_WORK/run_continue_guarded_n8/checkpoints
+[ -f "$ROUND2/step-00001000.pt" ] || WORK=$GUARDED_WORK PARENT_WORK=$PARENT_WORK bash "$HERE/../guarded_training/run.sh"
+VAL64_DATA=$PARENT_WORK/data_val64
+stage generate_val64 "$PY" -m holstein_dist.generate --config "$HERE/data_val64.yaml" --out "$VAL64_DATA" --workers 2
+
+validate parent "$PARENT"
+train_round "$PARENT" unroll16 unroll8
+val_table "$HERE/results_val.md" parent unroll16 unroll8
+# Checkpoint averages: every checkpoint of ../guarded_training's round 2 (its model is the step-250 one), and of
+# the 8-step control here.
+"$PY" -m holstein_dist.results average "$ROUND2"/step-*.pt --out "$WORK/round2_mean_best.pt"
+"$PY" -m holstein_dist.results average "$WORK"/run_unroll8/checkpoints/step-*.pt --out "$WORK/unroll8_mean_best.pt"
+cp "$PARENT" "$WORK/parent_best.pt"
+CANDIDATES=(parent unroll16 unroll8 round2_mean unroll8_mean)
+for name in "${CANDIDATES[@]}"; do
+  [ -f "$WORK/val64_$name/report.json" ] || stage "val64_$name" "$PY" -m holstein_dist.evaluate \
+    --checkpoint "$WORK/${name}_best.pt" --data "$VAL64_DATA" --split val --baseline-steps 0 --no-plots --conserve \
+    --out "$WORK/val64_$name"
+  mkdir -p "$HERE/val64/$name" && cp "$WORK/val64_$name/report.json" "$HERE/val64/$name/"
+done
+reports=() && for name in "${CANDIDATES[@]}"; do reports+=("$HERE/val64/$name/report.json"); done
+"$PY" -m holstein_dist.results table "${reports[@]}" --names "${CANDIDATES[@]}" --steps 1 1000 | tee "$HERE/results_val64.md"
+CHOSEN=$(basename "$(dirname "$("$PY" -m holstein_dist.results score --score climate "${reports[@]}" | sort -g \
+  | head -1 | awk '{print $2}')")")
+echo "chosen on the 64 validation trajectories: $CHOSEN"
+[ "$CHOSEN" = parent ] || test_beside_parent "$CHOSEN"
+write_times "$HERE/wall_times.json"
