@@ -1,6 +1,7 @@
 """Rollout guards: what a surrogate's rollout restores after every step because the exact dynamics keeps it.
 
-Two guards, both applied at rollout time only (no model is trained with them):
+Two guards, applied after every model step of a rollout (and of unrolled training, with a curriculum stage's
+``guard``):
 
 - ``bounds`` (``evaluate --project``): rho Hermitian with eigenvalues in [0, 1] and an integer trace, the
   conditions every fermionic single-particle density matrix obeys (:func:`project_density_matrix`).
@@ -9,8 +10,8 @@ Two guards, both applied at rollout time only (no model is trained with them):
   ones, two halves and 15 zeros on the half-filled L = 32 ring): after a step rho becomes the nearest matrix
   with that spectrum (:func:`nearest_isospectral`). The total energy is conserved: the lattice momenta are
   then rescaled so that it equals the initial one (:func:`restore_energy`, a velocity-rescaling step). The
-  lattice's kinetic energy changes by at most a bounded factor per step; what the lattice cannot take or give
-  within it, the electrons do, along rho's isospectral orbit (:func:`shift_electronic_energy`).
+  momenta change by a bounded factor per step; where the electrons hold more energy than the lattice can give
+  at its floor, they give up the rest along rho's isospectral orbit (:func:`shift_electronic_energy`).
 
 Why the second exists, measured on the deep L = 32 validation set (experiments/deep_L32/conserve): a
 single-step-trained PARC loses the lattice's kinetic energy step after step (it ends 67x too cold and its
@@ -40,7 +41,9 @@ MIN_MOMENTUM_GAIN = 0.5
 """The least one energy restore may multiply the momenta by. Where the electrons hold more energy than the shell
 leaves the lattice (a surrogate whose rho heats), velocity rescaling alone zeroes the momenta and freezes the
 lattice for good: 16-step unrolled training with the guard collapsed so (experiments/deep_L32/guarded_training/
-exploration). The rest of the excess is taken from the electrons instead (:func:`shift_electronic_energy`)."""
+exploration). The rest of the excess is taken from the electrons instead (:func:`shift_electronic_energy`).
+It bounds one step's cooling, not a steady drain: a model whose electrons heat step after step still cools its
+lattice by up to 4x a step (experiments/deep_L32/long_unroll/exploration)."""
 
 
 def hermitian_part(x: Tensor) -> Tensor:
@@ -159,7 +162,7 @@ def restore_energy(rho: Tensor, Q: Tensor, P: Tensor, target: Tensor, couplings:
     kinetic = c.K0 / (2.0 * c.eta) * P64.square().sum(-1)
     rest = energy(rho128, Q64, torch.zeros_like(P64), g=c.g, K0=c.K0, eta=c.eta)
     # The electrons' share: what the lattice cannot give at its floor. (Giving them a fixed share of every step's
-    # error instead, half, froze the guard-trained deep model's rollouts: experiments/deep_L32/long_unroll.)
+    # error instead, half, froze the guard-trained deep model's rollouts: experiments/deep_L32/long_unroll/exploration.)
     floor = MIN_MOMENTUM_GAIN ** 2 * kinetic
     electrons = -(floor - (target - rest)).clamp_min(0.0)
     if bool((electrons != 0).any()):
