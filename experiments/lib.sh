@@ -138,16 +138,17 @@ train_round() {  # train_round INIT RUN...: the runs side by side from INIT, the
     validate "$run" "$WORK/${run}_best.pt"
   done
 }
+# best_of and val_table read the reports in $HERE/${REPORTS:-val}/NAME; val_table's last step is ${LAST_STEP:-500}.
 best_of() {  # best_of NAME...: the name whose validation report has the lowest climate score
   local reports=() name
-  for name in "$@"; do reports+=("$HERE/val/$name/report.json"); done
+  for name in "$@"; do reports+=("$HERE/${REPORTS:-val}/$name/report.json"); done
   basename "$(dirname "$("$PY" -m holstein_dist.results score --score climate "${reports[@]}" | sort -g | head -1 \
     | awk '{print $2}')")"
 }
 val_table() {  # val_table OUT NAME...: the validation reports side by side
   local out=$1 reports=() name; shift
-  for name in "$@"; do reports+=("$HERE/val/$name/report.json"); done
-  "$PY" -m holstein_dist.results table "${reports[@]}" --names "$@" --steps 1 500 | tee "$out"
+  for name in "$@"; do reports+=("$HERE/${REPORTS:-val}/$name/report.json"); done
+  "$PY" -m holstein_dist.results table "${reports[@]}" --names "$@" --steps 1 "${LAST_STEP:-500}" | tee "$out"
 }
 
 test_beside_parent() {  # test_beside_parent NAME: NAME's best exported as model.pt, tested with --conserve beside PARENT

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from holstein_dist.physics import commutator_h, energy
+from holstein_dist.physics import commutator_h, energy, hamiltonian
 
 State = tuple[Tensor, Tensor, Tensor]
 
@@ -97,24 +97,6 @@ class Couplings:
     eta: float
 
 
-def _hamiltonian(Q: Tensor, g: float) -> Tensor:
-    """Dense h(Q) of the ring (hopping -1, diagonal -g Q), complex128 ``[..., L, L]``."""
-    L = Q.shape[-1]
-    idx = torch.arange(L, device=Q.device)
-    hop = torch.zeros(L, L, dtype=torch.float64, device=Q.device)
-    hop[idx, (idx + 1) % L] = -1.0
-    hop[(idx + 1) % L, idx] = -1.0
-    return (hop - torch.diag_embed(g * Q.double())).to(torch.complex128)
-
-
-def _electronic_energy(rho: Tensor, Q: Tensor, couplings: Couplings) -> Tensor:
-    """Re Tr(h(Q) rho), the part of the total energy that is linear in rho ([B], float64)."""
-    c = couplings
-    zero_p = torch.zeros_like(Q)
-    return energy(rho, Q, zero_p, g=c.g, K0=c.K0, eta=c.eta) - energy(torch.zeros_like(rho), Q, zero_p, g=c.g,
-                                                                      K0=c.K0, eta=c.eta)
-
-
 def shift_electronic_energy(rho: Tensor, Q: Tensor, delta: Tensor, couplings: Couplings, *,
                             iterations: int = 8, max_angle: float = 1.0) -> Tensor:
     """rho carried along its isospectral orbit ``e^{sA} rho e^{-sA}``, ``A = [h(Q), rho]``, until its energy
@@ -128,13 +110,14 @@ def shift_electronic_energy(rho: Tensor, Q: Tensor, delta: Tensor, couplings: Co
     A = commutator_h(rho, Q, couplings.g)
     w, V = torch.linalg.eigh(1j * A)  # iA is Hermitian: e^{sA} = V diag(e^{-isw}) V^H
     rho_v = V.mH @ rho @ V
-    h_v = V.mH @ _hamiltonian(Q, couplings.g) @ V
+    # Tr(h X) = sum_jk h_kj X_jk, with h in the eigenbasis of iA
+    weights = (V.mH @ hamiltonian(Q.double(), couplings.g).to(V.dtype) @ V).transpose(-2, -1)
     gap = w[..., :, None] - w[..., None, :]  # rotated rho_v[j, k] picks up the phase e^{-is(w_j - w_k)}
+    slope_weights = weights * (-1j * gap)
 
     def energy_and_slope(s: Tensor) -> tuple[Tensor, Tensor]:
         moved = rho_v * torch.exp(-1j * s[..., None, None] * gap)
-        weights = h_v.transpose(-2, -1)  # Tr(h X) = sum_jk h_kj X_jk
-        return (weights * moved).sum((-2, -1)).real, (weights * (-1j * gap) * moved).sum((-2, -1)).real
+        return (weights * moved).sum((-2, -1)).real, (slope_weights * moved).sum((-2, -1)).real
 
     start, slope0 = energy_and_slope(torch.zeros_like(delta))
     s_max = max_angle / w.abs().amax(-1).clamp_min(1e-150)
@@ -144,8 +127,8 @@ def shift_electronic_energy(rho: Tensor, Q: Tensor, delta: Tensor, couplings: Co
         # Far along the orbit the slope can flatten or turn; the initial one keeps the step sensible there.
         slope = torch.where(slope > 0.1 * slope0, slope, slope0).clamp_min(1e-300)
         s = torch.clamp(s - (value - start - delta) / slope, -s_max, s_max)
-    phases = torch.exp(-1j * s[..., None] * w)
-    return (V * phases[..., None, :]) @ rho_v @ (V * phases[..., None, :]).mH
+    rotation = V * torch.exp(-1j * s[..., None] * w)[..., None, :]
+    return rotation @ rho_v @ rotation.mH
 
 
 def restore_energy(rho: Tensor, Q: Tensor, P: Tensor, target: Tensor, couplings: Couplings) -> tuple[Tensor, Tensor]:
@@ -167,8 +150,9 @@ def restore_energy(rho: Tensor, Q: Tensor, P: Tensor, target: Tensor, couplings:
     electrons = -(floor - (target - rest)).clamp_min(0.0)
     if bool((electrons != 0).any()):
         shifted = shift_electronic_energy(rho128, Q64, electrons, c)
-        rest = rest + _electronic_energy(shifted, Q64, c) - _electronic_energy(rho128, Q64, c)
-        rho = torch.where((electrons != 0)[..., None, None], shifted, rho128).to(rho.dtype)
+        rho128 = torch.where((electrons != 0)[..., None, None], shifted, rho128)
+        rest = energy(rho128, Q64, torch.zeros_like(P64), g=c.g, K0=c.K0, eta=c.eta)
+        rho = rho128.to(rho.dtype)
     squared_gain = ((target - rest) / kinetic.clamp_min(1e-300)).clamp(MIN_MOMENTUM_GAIN ** 2, MAX_MOMENTUM_GAIN ** 2)
     return rho, (P64 * squared_gain.sqrt().unsqueeze(-1)).to(P.dtype)
 

@@ -466,11 +466,17 @@ def _to_host(x):
 # ----------------------------------------------------------------------------- initial state
 
 
-def hamiltonian(Q: np.ndarray, g: float) -> np.ndarray:
-    """Dense ``h(Q)`` (used only for diagonalisation at the initial state)."""
+def hamiltonian(Q, g: float):
+    """Dense ``h(Q)`` (numpy float64, or torch in Q's dtype and device; any batch): diagonalised at the initial
+    state, and the rollout guard's energy shift works in its basis."""
     L = Q.shape[-1]
-    h = np.zeros(Q.shape[:-1] + (L, L))
-    idx = np.arange(L)
+    if _is_torch(Q):
+        torch = _torch()
+        h = torch.zeros(Q.shape[:-1] + (L, L), dtype=Q.dtype, device=Q.device)
+        idx = torch.arange(L, device=Q.device)
+    else:
+        h = np.zeros(Q.shape[:-1] + (L, L))
+        idx = np.arange(L)
     h[..., idx, (idx + 1) % L] = -1.0
     h[..., (idx + 1) % L, idx] = -1.0
     h[..., idx, idx] = -g * Q

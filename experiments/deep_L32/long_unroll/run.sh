@@ -44,10 +44,8 @@ for name in "${CANDIDATES[@]}"; do
     --out "$WORK/val64_$name"
   mkdir -p "$HERE/val64/$name" && cp "$WORK/val64_$name/report.json" "$HERE/val64/$name/"
 done
-reports=() && for name in "${CANDIDATES[@]}"; do reports+=("$HERE/val64/$name/report.json"); done
-"$PY" -m holstein_dist.results table "${reports[@]}" --names "${CANDIDATES[@]}" --steps 1 1000 | tee "$HERE/results_val64.md"
-CHOSEN=$(basename "$(dirname "$("$PY" -m holstein_dist.results score --score climate "${reports[@]}" | sort -g \
-  | head -1 | awk '{print $2}')")")
+REPORTS=val64 LAST_STEP=1000 val_table "$HERE/results_val64.md" "${CANDIDATES[@]}"
+CHOSEN=$(REPORTS=val64 best_of "${CANDIDATES[@]}")
 echo "chosen on the 64 validation trajectories: $CHOSEN"
 [ "$CHOSEN" = parent ] || test_beside_parent "$CHOSEN"
 write_times "$HERE/wall_times.json"
