@@ -2,7 +2,8 @@
 
 1. Metrics on rank 0 for 256 rollouts x 1000 steps: the FFT autocorrelation (lags 0..200) alone, and
    the whole metric stage of ``holstein_dist.evaluate.build_report`` (truth + model autocorrelations,
-   divergence test, Wasserstein, spectra, energy drift, RMSE) on synthetic order-parameter series.
+   divergence test, Wasserstein, spectra, energy drift, RMSE, the climate test's sampling noise) on synthetic
+   order-parameter series, and that sampling noise (noise floor + bootstrap) of one order parameter alone.
 2. Rollout throughput at L=32, batch 64, on CPU: the tiny and medium models of configs/model (built
    with ``build_model`` and random scales; the tiny one also with ``symmetrize``) against the exact RK4
    simulator (``physics.make_stepper``, numba) from the same deep-quench states, one snapshot = 256 RK4
@@ -30,6 +31,7 @@ from holstein_dist.config import load_config
 from holstein_dist.guards import Couplings, Guard
 from holstein_dist.metrics import RMSE_COMPONENTS, autocorrelation
 from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
+from holstein_dist.sampling import autocorrelation_error_bootstrap, autocorrelation_noise_floor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,17 +48,21 @@ def synthetic_share(n_traj: int, n_times: int, L: int) -> evaluate.Share:
     return evaluate.Share(truth, model, errors, None, 1.0, {"seconds": 1.0, "trajectory_steps": 1})
 
 
-def bench_metrics(n_traj: int, n_steps: int, max_lag: int, repeats: int) -> tuple[float, float]:
-    """(seconds for one autocorrelation, seconds for the whole rank-0 metric stage)."""
+def bench_metrics(n_traj: int, n_steps: int, max_lag: int, repeats: int) -> tuple[float, float, float]:
+    """(seconds for one autocorrelation, for one order parameter's sampling noise (floor + bootstrap), and for
+    the whole rank-0 metric stage, which includes both for both order parameters)."""
     x = sample_series(n_traj, n_steps + 1)
     acf = median_seconds(lambda: autocorrelation(x, max_lag), repeats)
+    other = sample_series(n_traj, n_steps + 1, seed=3)
+    noise = median_seconds(lambda: (autocorrelation_noise_floor(x, max_lag),
+                                    autocorrelation_error_bootstrap(other, x, max_lag)), repeats)
     L = 32
     share = synthetic_share(n_traj, n_steps + 1, L)
     plan = evaluate.Plan(indices=tuple(range(n_traj)), steps=n_steps, max_lag=max_lag, L=L, g_f=1.0,
                          K0=physics.K0_DEFAULT, eta=physics.ETA_DEFAULT, snapshot_dt=2.56, rk4_per_snapshot=256,
                          baseline_steps=0)
     stage = median_seconds(lambda: evaluate.build_report(share, plan, {}, {}, {}, {}), repeats)
-    return acf, stage
+    return acf, noise, stage
 
 
 def deep_quench_states(n: int, L: int, rk4_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,10 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    acf, stage = bench_metrics(args.trajectories, args.steps, args.max_lag, args.repeats)
+    acf, noise, stage = bench_metrics(args.trajectories, args.steps, args.max_lag, args.repeats)
     print(f"metrics for {args.trajectories} rollouts x {args.steps} steps, lags 0..{args.max_lag} "
           f"(median of {args.repeats})")
     print(f"  one autocorrelation (FFT):              {acf * 1e3:9.1f} ms")
+    print(f"  one order's sampling noise (floor + bootstrap): {noise * 1e3:9.1f} ms")
     print(f"  whole rank-0 metric stage (build_report): {stage * 1e3:9.1f} ms")
 
     state = deep_quench_states(args.batch, args.L, 6400)

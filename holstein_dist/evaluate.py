@@ -66,6 +66,7 @@ from holstein_dist.metrics import (
 )
 from holstein_dist.model import Surrogate
 from holstein_dist.physics import HALF_FILLING, STATE_KEYS, staggered_density
+from holstein_dist.sampling import autocorrelation_error_bootstrap, autocorrelation_noise_floor
 from holstein_dist.shards import MANIFEST, Dataset, Split, open_dataset
 from hpc.cli import UserError, add_field_flags, bad_input, command_parser, field_flags, flag_field, report_error
 from hpc.dist import DistEnv, gather_objects_to_main, init_distributed, shutdown
@@ -533,6 +534,8 @@ def truth_metrics(merged: Share, plan: Plan) -> dict[str, Any]:
     truth = merged.truth
     return {
         "autocorr": {key: {"truth": autocorrelation(truth[key], plan.max_lag)} for key in ORDER_KEYS},
+        # What a perfect model would score in the climate test at this many rollouts (sampling.py).
+        "autocorr_noise_floor": {key: autocorrelation_noise_floor(truth[key], plan.max_lag) for key in ORDER_KEYS},
         "ranges": {"truth": _ranges(truth)},
         "lattice_motion": lattice_motion_part("truth", truth),
         "energy_drift": {
@@ -584,7 +587,7 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
     diverged = ~kept
     kept_model = {k: v[kept] for k, v in model.items()} if kept.any() else None
     entries = component_entries(len(plan.indices), plan.L)
-    autocorr, max_error, mean_error, wasserstein, spectrum = {}, {}, {}, {}, {}
+    autocorr, max_error, mean_error, wasserstein, spectrum, spread = {}, {}, {}, {}, {}, {}
     for key in ORDER_KEYS:
         kept_series = model[key][kept]
         c_model = _try(f"autocorr.{key}.model", notes, autocorrelation, kept_series, plan.max_lag) \
@@ -593,6 +596,8 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
         gap = None if c_model is None else np.abs(c_model - truth_autocorr[key])[1:]  # lag 0 is 1 on both sides
         max_error[key] = None if gap is None else float(np.max(gap, initial=0.0))
         mean_error[key] = None if gap is None or gap.size == 0 else float(np.mean(gap))
+        spread[key] = _try(f"autocorr_max_abs_error_bootstrap.{key}", notes, autocorrelation_error_bootstrap,
+                           kept_series, truth[key], plan.max_lag, kept) if c_model is not None else None
         wasserstein[key] = _try(f"wasserstein.{key}", notes, wasserstein1, kept_series, truth[key]) \
             if kept.any() else None
         spectrum[key] = _try(f"power_spectrum_distance.{key}", notes, power_spectrum_distance, kept_series,
@@ -611,6 +616,8 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
         "rmse_by_step": {k: np.sqrt(merged.squared_errors[k] / entries[k]) for k in RMSE_COMPONENTS},
         "autocorr_max_abs_error": max_error,
         "autocorr_mean_abs_error": mean_error,
+        # How far the max error would move on another test split of this size (paired bootstrap).
+        "autocorr_max_abs_error_bootstrap": spread,
         "wasserstein": wasserstein,
         "power_spectrum_distance": spectrum,
         # The rollouts' mean trajectory: lag / amplitude / offset of the model's coherent oscillation.
@@ -845,6 +852,20 @@ def lattice_motion_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def sampling_lines(report: Mapping[str, Any]) -> list[str]:
+    """The climate test's sampling noise: a perfect model's score at this many rollouts, and the spread of the
+    model's own score over resampled test splits (reports made before these existed have no line)."""
+    floor, spread = report.get("autocorr_noise_floor"), report.get("autocorr_max_abs_error_bootstrap")
+    if floor is None or spread is None:
+        return []
+    def band(key: str) -> str:
+        entry = spread[key]
+        return "n/a" if entry is None else f"{entry['p05']:.3g}-{entry['p95']:.3g} (std {entry['std']:.2g})"
+    return [f"  autocorr max error, sampling: bootstrap 5-95 % charge {band('charge')}, lattice {band('lattice')}; "
+            f"a perfect model would score ~{_fmt(floor['charge'])} / {_fmt(floor['lattice'])} with "
+            f"{report['data']['rollouts']} rollouts"]
+
+
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     """A short human-readable table of the headline numbers."""
     data, timing, base = report["data"], report["timing"], report["physics_baseline"]
@@ -864,6 +885,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         lines.append(f"  divergent fraction {report['divergent_fraction']:.3f}   RMSE at step 1 / "
                      f"{report['settings']['steps']}: " + ", ".join(
                          f"{k} {_fmt(rmse[k][1])}/{_fmt(rmse[k][-1])}" for k in RMSE_COMPONENTS))
+        lines += sampling_lines(report)
         drift = report["energy_drift"]["model"]
         lines.append(f"  energy drift max |E-E0|/L: model {_fmt(drift and drift['max_abs'])}, truth "
                      f"{_fmt(report['energy_drift']['truth']['max_abs'])}")

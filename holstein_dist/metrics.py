@@ -20,6 +20,7 @@ import numpy as np
 from holstein_dist.physics import STATE_KEYS, charge_order, lattice_order
 
 __all__ = [
+    "LagSums",
     "autocorrelation",
     "autocorrelation_direct",
     "charge_order",
@@ -138,17 +139,69 @@ def next_fast_len(n: int) -> int:
     return best
 
 
-def lagged_product_sums(y: np.ndarray, max_lag: int) -> np.ndarray:
+def lagged_product_sums(y: np.ndarray, max_lag: int, per_trajectory: bool = False) -> np.ndarray:
     """``S[tau] = sum_n sum_{t < T - tau} y[n, t] y[n, t + tau]`` for tau = 0..max_lag, by FFT.
 
     Zero padding to at least ``T + max_lag`` makes the circular correlation equal the linear one for
     every lag returned. The power spectra are summed over trajectories before the single inverse
-    transform, so the cost is N forward FFTs plus one inverse.
+    transform, so the cost is N forward FFTs plus one inverse. ``per_trajectory`` keeps one row per
+    trajectory (``[N, max_lag + 1]``, N inverse transforms): the sums that resampled ensembles reweight.
     """
     n_fft = next_fast_len(y.shape[1] + max_lag)
     spectrum = np.fft.rfft(y, n=n_fft, axis=1)
-    power = np.sum(spectrum.real**2 + spectrum.imag**2, axis=0)
-    return np.fft.irfft(power, n=n_fft)[: max_lag + 1]
+    power = spectrum.real**2 + spectrum.imag**2
+    if not per_trajectory:
+        power = np.sum(power, axis=0)
+    return np.fft.irfft(power, n=n_fft)[..., : max_lag + 1]
+
+
+def _pooled_correlation(pair: np.ndarray, head: np.ndarray, tail: np.ndarray, total: np.ndarray,
+                        squares: np.ndarray, n_traj: np.ndarray, n_times: int, offset: float) -> np.ndarray:
+    """``C[..., tau]`` of docs/physics.md section 3 from sums over (weighted) trajectories of ``y = x - offset``.
+
+    ``pair``, ``head``, ``tail`` are ``[..., max_lag + 1]`` (lagged products, sums of y over ``t < T - tau``
+    and over ``t >= tau``); ``total``, ``squares``, ``n_traj`` are ``[...]`` (sum of y, of y^2, trajectory
+    count). With ``d`` the pooled mean of y, ``x = y + offset`` gives ``<x x'> - <x>^2 =
+    <y y'> + offset (<y>_head + <y>_tail - 2 d) - d^2`` and ``<x^2> - <x>^2 = <y^2> - d^2``: no cancellation
+    when ``offset`` is near the pooled mean of x.
+    """
+    lags = np.arange(pair.shape[-1])
+    n_traj = np.asarray(n_traj, dtype=np.float64)[..., None]
+    shift = np.asarray(total)[..., None] / (n_traj * n_times)
+    covariance = (pair + offset * (head + tail)) / (n_traj * (n_times - lags)) - shift * (2.0 * offset + shift)
+    variance = np.asarray(squares)[..., None] / (n_traj * n_times) - shift**2
+    return covariance / variance
+
+
+class LagSums:
+    """Per-trajectory sufficient statistics of the pooled autocorrelation of an ``[N, T]`` ensemble.
+
+    ``autocorrelation(weights)`` gives the ensemble autocorrelation of any reweighting of the N
+    trajectories (bootstrap counts, a subset as 0/1, many at once as ``[B, N]``) by matrix products,
+    without another FFT: the statistics are linear in the weights. All weights 1 is
+    :func:`autocorrelation`.
+    """
+
+    def __init__(self, x: Any, max_lag: int) -> None:
+        arr, self.max_lag = _prepare_autocorrelation_input(x, max_lag)
+        self.n_traj, self.n_times = arr.shape
+        self.offset = float(np.mean(arr))
+        y = arr - self.offset
+        self.pair = lagged_product_sums(y, self.max_lag, per_trajectory=True)
+        lags = np.arange(self.max_lag + 1)
+        cumulative = np.concatenate((np.zeros((self.n_traj, 1)), np.cumsum(y, axis=1)), axis=1)
+        self.head = cumulative[:, self.n_times - lags]
+        self.tail = cumulative[:, -1:] - cumulative[:, lags]
+        self.total = cumulative[:, -1]
+        self.squares = np.sum(y * y, axis=1)
+
+    def autocorrelation(self, weights: Any) -> np.ndarray:
+        """``C[..., 0..max_lag]`` of the ensemble with trajectory weights ``[..., N]`` (non-negative)."""
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape[-1] != self.n_traj:
+            raise ValueError(f"weights have {w.shape[-1]} entries for {self.n_traj} trajectories")
+        return _pooled_correlation(w @ self.pair, w @ self.head, w @ self.tail, w @ self.total,
+                                   w @ self.squares, np.sum(w, axis=-1), self.n_times, self.offset)
 
 
 def autocorrelation(x: Any, max_lag: int) -> np.ndarray:
@@ -172,18 +225,16 @@ def autocorrelation(x: Any, max_lag: int) -> np.ndarray:
     n_traj, n_times = arr.shape
     mean = float(np.mean(arr))
     y = arr - mean
-    variance = float(np.mean(y * y))
-    if variance <= 0.0:
+    squares = float(np.sum(y * y))
+    if squares <= 0.0:
         raise ValueError("x has zero variance in float64: its autocorrelation is undefined")
 
     lags = np.arange(max_lag + 1)
-    pair_sums = lagged_product_sums(y, max_lag)
     cumulative = np.concatenate(([0.0], np.cumsum(np.sum(y, axis=0))))
     head_sums = cumulative[n_times - lags]  # sum of y over t in [0, T - tau)
     tail_sums = cumulative[n_times] - cumulative[lags]  # sum of y over t in [tau, T)
-    counts = n_traj * (n_times - lags)
-    covariance = (pair_sums + mean * (head_sums + tail_sums)) / counts
-    return covariance / variance
+    return _pooled_correlation(lagged_product_sums(y, max_lag), head_sums, tail_sums, cumulative[n_times], squares,
+                               n_traj, n_times, mean)
 
 
 def autocorrelation_direct(x: Any, max_lag: int) -> np.ndarray:

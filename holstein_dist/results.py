@@ -102,6 +102,7 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int],
     for order in ORDER_KEYS:
         rows.append((f"autocorr max abs error, {order}", [r["autocorr_max_abs_error"][order] for r in reports]))
         rows.append((f"autocorr mean abs error, {order}", [r["autocorr_mean_abs_error"][order] for r in reports]))
+        rows += sampling_rows(reports, order)
     rows += coherent_rows(reports, steps)
     rows += lattice_motion_rows(reports)
     rows.append(("divergent fraction", [r["divergent_fraction"] for r in reports]))
@@ -111,6 +112,22 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int],
         rows.append((f"S(q) peak-mode autocorr max abs error, {field}",
                      [r.get("structure_factor", {}).get(field, {}).get("autocorr_max_abs_error") for r in reports]))
     return rows
+
+
+UNRANKED = (": bootstrap std", ": a perfect model's (noise floor)")
+"""Endings of the rows that give a measure's noise, not a score: markdown_table does not bold their lowest."""
+
+
+def sampling_rows(reports: Sequence[Mapping[str, Any]], order: str) -> list[tuple[str, list[Any]]]:
+    """The climate test's sampling noise for one order parameter (holstein_dist/sampling.py): the bootstrap
+    std of the max error and a perfect model's score at the same number of rollouts. No rows when no report
+    has them (all made before they existed)."""
+    if not any("autocorr_noise_floor" in r for r in reports):
+        return []
+    spread = [(r.get("autocorr_max_abs_error_bootstrap") or {}).get(order) for r in reports]
+    return [(f"autocorr max abs error, {order}{UNRANKED[0]}", [s and s["std"] for s in spread]),
+            (f"autocorr max abs error, {order}{UNRANKED[1]}",
+             [(r.get("autocorr_noise_floor") or {}).get(order) for r in reports])]
 
 
 def coherent_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int]) -> list[tuple[str, list[Any]]]:
@@ -174,7 +191,7 @@ def markdown_table(reports: Sequence[Mapping[str, Any]], names: Sequence[str], s
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, values in comparison_rows(reports, steps, window):
         finite = [v for v in values if v is not None and math.isfinite(v)]
-        best = min(finite) if len(finite) > 1 else None
+        best = min(finite) if len(finite) > 1 and not label.endswith(UNRANKED) else None
         cells = [f"**{_fmt(v)}**" if best is not None and v == best else _fmt(v) for v in values]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -33,6 +33,9 @@ REQUIRED_KEYS = [
     "autocorr.charge.truth", "autocorr.charge.model", "autocorr.lattice.truth", "autocorr.lattice.model",
     "autocorr_max_abs_error.charge", "autocorr_max_abs_error.lattice",
     "autocorr_mean_abs_error.charge", "autocorr_mean_abs_error.lattice",
+    "autocorr_noise_floor.charge", "autocorr_noise_floor.lattice",
+    *(f"autocorr_max_abs_error_bootstrap.{key}.{stat}" for key in ("charge", "lattice")
+      for stat in ("std", "p05", "p95")),
     "divergent_fraction",
     "rmse_by_step.rho_diag", "rmse_by_step.rho_offdiag", "rmse_by_step.Q", "rmse_by_step.P",
     "wasserstein.charge", "wasserstein.lattice",
@@ -99,11 +102,16 @@ def test_reference_model_reproduces_truth_statistics(model_report: tuple[dict[st
     for key in ("charge", "lattice"):
         assert report["autocorr_max_abs_error"][key] < 0.1
         assert report["autocorr_mean_abs_error"][key] <= report["autocorr_max_abs_error"][key]
+        spread = report["autocorr_max_abs_error_bootstrap"][key]
+        assert 0.0 < spread["p05"] < spread["p95"] and spread["std"] > 0.0
+        assert report["autocorr_noise_floor"][key] > 0.0
         assert report["wasserstein"][key] < 0.01
         assert report["power_spectrum_distance"][key] < 0.1
         # The shallow quench's rollouts share one oscillation, which the original model follows closely.
         window = report["coherent"][key][0]
         assert window["start"] == 1 and window["coherence"] > 0.9 and abs(window["lag_steps"]) < 0.5
+    assert any(line.startswith("  autocorr max error, sampling: bootstrap 5-95 % charge ") and
+               line.endswith(f"with {N_TEST} rollouts") for line in evaluate.summary_lines(report))
     for key, values in report["rmse_by_step"].items():
         values = np.asarray(values)
         assert len(values) == N_STEPS + 1 and np.all(np.isfinite(values)), key

@@ -52,6 +52,10 @@ def test_table_compares_reports_on_one_test_set_only(tiny_run, tiny_data, tmp_pa
                          "--steps", "1", "6"]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| metric | ours | again |") and "RMSE rho_offdiag @ step 6" in table
+    # The sampling rows give the noise of the climate test, the same floor for both: not a score to bold.
+    floor_row = next(line for line in table.splitlines() if "lattice: a perfect model's (noise floor)" in line)
+    assert "**" not in floor_row and floor_row.count("|") == 4
+    assert "charge: bootstrap std" in table
     assert results.main(["table", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: c was evaluated with other steps") and err.count("\n") == 1
