@@ -5,7 +5,8 @@
 # trajectories: the split cannot say on which side of 0.1 the model is. Here 256 new test trajectories of another seed
 # (data_test256.yaml) measure it and its unscaled parent (../guarded_training/model.pt) with the same command, two
 # ranks sharing the rollouts; each report gives the noise floor at 256 rollouts and the bootstrap spread of the error.
-#   bash experiments/deep_L32/test256/run.sh    (~1 h on 2 CPU cores: generation ~10 min, each evaluation ~20 min)
+# The script then checks the reports' noise floor against four disjoint sets of 64 truth trajectories (noise_floor.md).
+#   bash experiments/deep_L32/test256/run.sh    (~45 min on 2 CPU cores: generation 5 min, each evaluation 17 min)
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
 WORK=${WORK:-$HERE/work}
@@ -24,4 +25,23 @@ done
 "$PY" -m holstein_dist.results table "$HERE"/test_{parent,chosen}/report.json \
   --names "guard-trained + --conserve" "the same, increments x0.95 (chosen)" --steps 1 10 100 1000 \
   | tee "$HERE/results.md"
+
+# The floor checked on the data: four disjoint sets of 64 truth trajectories (this set's first 64, ../data.yaml's test
+# split and first 64 training trajectories, ../long_unroll's 64 extra validation ones); every pair of them is what a
+# perfect model's 64 rollouts against 64 truths would differ by.
+PARENT_WORK=${PARENT_WORK:-$ROOT/experiments/deep_L32/work}
+stage generate_deep "$PY" -m holstein_dist.generate --config experiments/deep_L32/data.yaml --out "$PARENT_WORK/data" \
+  --workers 2
+stage generate_val64 "$PY" -m holstein_dist.generate --config experiments/deep_L32/long_unroll/data_val64.yaml \
+  --out "$PARENT_WORK/data_val64" --workers 2
+SETS=("test256_first64=$DATA:test" "test=$PARENT_WORK/data:test" "train_first64=$PARENT_WORK/data:train"
+      "val64=$PARENT_WORK/data_val64:val")
+checks=()
+for entry in "${SETS[@]}"; do
+  name=${entry%%=*} where=${entry#*=}
+  stage "truth_$name" "$PY" -m holstein_dist.evaluate --truth-only --data "${where%:*}" --split "${where##*:}" \
+    --rollouts 64 --steps 1000 --baseline-steps 0 --no-plots --out "$WORK/truth_$name"
+  checks+=("$name=$WORK/truth_$name")
+done
+"$PY" "$HERE/floor_check.py" "${checks[@]}" | tee "$HERE/noise_floor.md"
 write_times "$HERE/wall_times.json"
