@@ -358,6 +358,28 @@ def climate_score(report: Mapping[str, Any], at: Sequence[int] = ()) -> float:
     return sum(report["autocorr_max_abs_error"][order] for order in ORDER_KEYS) / len(ORDER_KEYS)
 
 
+def climate_score_std(report: Mapping[str, Any]) -> float | None:
+    """The climate score's sampling std: the mean over the order parameters of the bootstrap std of their max
+    error (holstein_dist/sampling.py). None for reports without it (made before it existed, or no curve)."""
+    spread = report.get("autocorr_max_abs_error_bootstrap") or {}
+    stds = [(spread.get(order) or {}).get("std") for order in ORDER_KEYS]
+    return None if None in stds else sum(stds) / len(stds)
+
+
+def ranking_noise_note(scored: Sequence[tuple[float, Path]]) -> str | None:
+    """A warning when the two best climate scores differ by less than the larger of their sampling stds: the
+    evaluation set cannot rank them (measured on the deep quench: 16 validation rollouts ranked two checkpoint
+    averages of one run 0.144 and 0.37; docs/training.md)."""
+    if len(scored) < 2:
+        return None
+    (first, a), (second, b) = sorted(scored, key=lambda pair: pair[0])[:2]
+    stds = [climate_score_std(read_report(path)) for path in (a, b)]
+    if None in stds or second - first >= max(stds):
+        return None
+    return (f"the best two scores ({first:.4f} {a}, {second:.4f} {b}) differ by less than their bootstrap std "
+            f"({max(stds):.4f}): this set does not rank them; evaluate both on more rollouts")
+
+
 POOL_WINDOW = 100
 """Steps pooled by the ``balanced`` score: the 100 ending at each ``at`` step."""
 
@@ -541,8 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "calibrate":
             calibrate_command(args)
         elif args.command == "score":
-            for path in args.reports:
-                print(f"{SCORES[args.score](read_report(path), args.at):.4f}  {path}")
+            scored = [(SCORES[args.score](read_report(path), args.at), path) for path in args.reports]
+            for value, path in scored:
+                print(f"{value:.4f}  {path}")
+            if args.score == "climate" and (note := ranking_noise_note(scored)):
+                print(f"note: {note}", file=sys.stderr)
         else:
             work = args.work or args.out.with_suffix("")
             rows = rollout_curve(args.run_dir, args.data, args.split, args.steps, args.at, work, args.score,

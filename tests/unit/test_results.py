@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -261,3 +262,26 @@ def test_candidate_evaluations_write_the_report_without_plots(tiny_run, tiny_dat
     assert sorted(p.name for p in (tmp_path / "candidate").iterdir()) == ["report.json"]
     report = results.read_report(tmp_path / "candidate")
     assert report["plots"] == {} and row["rmse_Q_at_6"] == report["rmse_by_step"]["Q"][6]
+
+
+def test_score_warns_when_the_best_two_climate_scores_are_within_their_sampling_noise(tmp_path, capsys):
+    def write(name: str, error: float, std: float | None) -> str:
+        spread = None if std is None else {"std": std, "p05": error - 2 * std, "p95": error + 2 * std}
+        report = {"mode": "model", "divergent_fraction": 0.0,
+                  "autocorr_max_abs_error": {"charge": error, "lattice": error},
+                  "autocorr_max_abs_error_bootstrap": {"charge": spread, "lattice": spread}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+        return str(tmp_path / name)
+
+    close, best, far = write("close", 0.15, 0.02), write("best", 0.136, 0.02), write("far", 0.30, 0.03)
+    assert results.main(["score", far, close, best, "--score", "climate"]) == 0
+    captured = capsys.readouterr()
+    assert [line.split()[0] for line in captured.out.splitlines()] == ["0.3000", "0.1500", "0.1360"]
+    assert captured.err.startswith("note: the best two scores (0.1360 ") and "does not rank them" in captured.err
+    assert captured.err.count("\n") == 1
+    assert results.main(["score", far, best, "--score", "climate"]) == 0  # 0.164 apart: ranked, no note
+    assert capsys.readouterr().err == ""
+    older = write("older", 0.14, None)  # a report made before the bootstrap existed: nothing to say
+    assert results.main(["score", older, best, "--score", "climate"]) == 0
+    assert capsys.readouterr().err == ""
