@@ -366,14 +366,14 @@ def climate_score_std(report: Mapping[str, Any]) -> float | None:
     return None if None in stds else sum(stds) / len(stds)
 
 
-def ranking_noise_note(scored: Sequence[tuple[float, Path]]) -> str | None:
-    """A warning when the two best climate scores differ by less than the larger of their sampling stds: the
-    evaluation set cannot rank them (measured on the deep quench: 16 validation rollouts ranked two checkpoint
-    averages of one run 0.144 and 0.37; docs/training.md)."""
+def ranking_noise_note(scored: Sequence[tuple[float, Path, Mapping[str, Any]]]) -> str | None:
+    """For (climate score, path, report) triples: a warning when the two best scores differ by less than the larger
+    of their sampling stds, i.e. the evaluation set cannot rank them (measured on the deep quench: 16 validation
+    rollouts ranked two checkpoint averages of one run 0.144 and 0.37; docs/training.md)."""
     if len(scored) < 2:
         return None
-    (first, a), (second, b) = sorted(scored, key=lambda pair: pair[0])[:2]
-    stds = [climate_score_std(read_report(path)) for path in (a, b)]
+    (first, a, report_a), (second, b, report_b) = sorted(scored, key=lambda triple: triple[0])[:2]
+    stds = [climate_score_std(report) for report in (report_a, report_b)]
     if None in stds or second - first >= max(stds):
         return None
     return (f"the best two scores ({first:.4f} {a}, {second:.4f} {b}) differ by less than their bootstrap std "
@@ -563,8 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "calibrate":
             calibrate_command(args)
         elif args.command == "score":
-            scored = [(SCORES[args.score](read_report(path), args.at), path) for path in args.reports]
-            for value, path in scored:
+            reports = [(path, read_report(path)) for path in args.reports]
+            scored = [(SCORES[args.score](report, args.at), path, report) for path, report in reports]
+            for value, path, _ in scored:
                 print(f"{value:.4f}  {path}")
             if args.score == "climate" and (note := ranking_noise_note(scored)):
                 print(f"note: {note}", file=sys.stderr)
