@@ -47,6 +47,7 @@ from holstein_dist.metrics import (
     COHERENCE_FLOOR,
     ORDER_KEYS,
     RMSE_COMPONENTS,
+    LagSums,
     autocorrelation,
     charge_order,
     coherent_error,
@@ -529,13 +530,19 @@ def _ranges(series: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     return out
 
 
-def truth_metrics(merged: Share, plan: Plan) -> dict[str, Any]:
+def truth_lag_sums(merged: Share, plan: Plan) -> dict[str, LagSums]:
+    """Per-trajectory lag sums of the truth's order parameters: built once, reweighted by both sampling-noise
+    metrics (the noise floor here, the model's bootstrap in ``model_metrics``)."""
+    return {key: LagSums(merged.truth[key], plan.max_lag) for key in ORDER_KEYS}
+
+
+def truth_metrics(merged: Share, plan: Plan, lag_sums: Mapping[str, LagSums]) -> dict[str, Any]:
     """Ground-truth statistics: autocorrelation, ranges, energy conservation (stored and recomputed)."""
     truth = merged.truth
     return {
         "autocorr": {key: {"truth": autocorrelation(truth[key], plan.max_lag)} for key in ORDER_KEYS},
         # What a perfect model would score in the climate test at this many rollouts (sampling.py).
-        "autocorr_noise_floor": {key: autocorrelation_noise_floor(truth[key], plan.max_lag) for key in ORDER_KEYS},
+        "autocorr_noise_floor": {key: autocorrelation_noise_floor(lag_sums[key], plan.max_lag) for key in ORDER_KEYS},
         "ranges": {"truth": _ranges(truth)},
         "lattice_motion": lattice_motion_part("truth", truth),
         "energy_drift": {
@@ -579,7 +586,8 @@ def climate_mask(merged: Share) -> np.ndarray:
                            DIVERGENCE_FACTOR)
 
 
-def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.ndarray],
+                  truth_sums: Mapping[str, LagSums]) -> dict[str, Any]:
     """The model-vs-truth part of the report, shaped like it: ``build_report`` merges its ``autocorr``,
     ``ranges`` and ``energy_drift`` entries into the truth's sections and its ``notes`` into the notes."""
     truth, model, notes = merged.truth, merged.model, []
@@ -597,7 +605,7 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
         max_error[key] = None if gap is None else float(np.max(gap, initial=0.0))
         mean_error[key] = None if gap is None or gap.size == 0 else float(np.mean(gap))
         spread[key] = _try(f"autocorr_max_abs_error_bootstrap.{key}", notes, autocorrelation_error_bootstrap,
-                           kept_series, truth[key], plan.max_lag, kept) if c_model is not None else None
+                           kept_series, truth_sums[key], plan.max_lag, kept) if c_model is not None else None
         wasserstein[key] = _try(f"wasserstein.{key}", notes, wasserstein1, kept_series, truth[key]) \
             if kept.any() else None
         spectrum[key] = _try(f"power_spectrum_distance.{key}", notes, power_spectrum_distance, kept_series,
@@ -727,7 +735,8 @@ def build_report(merged: Share, plan: Plan, identities: Mapping[str, Any], timin
     which is the order of the sections in report.json.
     """
     with_model = merged.model is not None
-    truth = truth_metrics(merged, plan)
+    sums = truth_lag_sums(merged, plan)
+    truth = truth_metrics(merged, plan, sums)
     parts: list[Mapping[str, Any]] = [
         {"schema": REPORT_SCHEMA, "mode": "model" if with_model else "truth-only", **identities,
          "settings": dict(settings), "notes": []},
@@ -735,7 +744,7 @@ def build_report(merged: Share, plan: Plan, identities: Mapping[str, Any], timin
     ]
     if with_model:
         truth_autocorr = {key: c["truth"] for key, c in truth["autocorr"].items()}
-        model_part = model_metrics(merged, plan, truth_autocorr)
+        model_part = model_metrics(merged, plan, truth_autocorr, sums)
         parts.append(model_part)
         if merged.ensemble is not None:
             members = [Path(m["weights_file"]) for m in identities["checkpoint"]["members"]]

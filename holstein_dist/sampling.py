@@ -32,9 +32,20 @@ def max_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.max(np.abs(a - b)[..., 1:], axis=-1, initial=0.0)
 
 
+def lag_sums(x: Any, max_lag: int) -> LagSums:
+    """``x``'s :class:`LagSums`, or ``x`` itself when it already is one for ``max_lag`` (the evaluator builds the
+    truth's once for both functions below)."""
+    if isinstance(x, LagSums):
+        if x.max_lag != max_lag:
+            raise ValueError(f"lag sums up to lag {x.max_lag} given for max_lag {max_lag}")
+        return x
+    return LagSums(x, max_lag)
+
+
 def autocorrelation_noise_floor(truth: Any, max_lag: int, splits: int = FLOOR_SPLITS,
                                 seed: int = SAMPLING_SEED) -> float | None:
-    """The autocorrelation error a perfect model would show against ``truth`` (``[N, T]``) with N rollouts.
+    """The autocorrelation error a perfect model would show against ``truth`` (``[N, T]``, or its
+    :class:`LagSums`) with N rollouts.
 
     Estimated as the median over random half-splits of the truth of the two halves' ``max_gap``, divided by
     sqrt(2): an ensemble estimate's variance falls as 1/N, so two halves (N/2 against N/2) differ by sqrt(2)
@@ -42,7 +53,7 @@ def autocorrelation_noise_floor(truth: Any, max_lag: int, splits: int = FLOOR_SP
     states, so their early times are not independent of it; the floor is for the chaotic regime, where they
     decorrelate within the first lags. None when N < 4 (no two halves of two).
     """
-    sums = LagSums(truth, max_lag)
+    sums = lag_sums(truth, max_lag)
     n = sums.n_traj
     if n < 4:
         return None
@@ -63,13 +74,13 @@ def autocorrelation_error_bootstrap(model: Any, truth: Any, max_lag: int, kept: 
                                     seed: int = SAMPLING_SEED) -> dict[str, float] | None:
     """The spread of ``max_gap(C_model, C_truth)`` over paired bootstrap resamples of the rollouts.
 
-    ``truth`` is ``[N, T]``; ``model`` holds the rollouts that ``kept`` (``[N]`` bool, default all) marks as
-    staying in the physical range, ``[kept.sum(), T]``, as the report's climate metrics use them. Each resample
-    draws N indices with replacement, each rollout with its own truth trajectory (a diverged one counts for the
-    truth only, as in the report). Returns ``{"std", "p05", "p95"}`` of the resampled errors, or None when
-    fewer than two rollouts were kept.
+    ``truth`` is ``[N, T]`` (or its :class:`LagSums`); ``model`` holds the rollouts that ``kept`` (``[N]`` bool,
+    default all) marks as staying in the physical range, ``[kept.sum(), T]``, as the report's climate metrics use
+    them. Each resample draws N indices with replacement, each rollout with its own truth trajectory (a diverged
+    one counts for the truth only, as in the report). Returns ``{"std", "p05", "p95"}`` of the resampled errors,
+    or None when fewer than two rollouts were kept.
     """
-    truth_sums = LagSums(truth, max_lag)
+    truth_sums = lag_sums(truth, max_lag)
     n = truth_sums.n_traj
     kept = np.ones(n, dtype=bool) if kept is None else np.asarray(kept, dtype=bool)
     if kept.shape != (n,):
