@@ -115,6 +115,14 @@ deep_data() {
   stage generate "$PY" -m holstein_dist.generate --config experiments/deep_L32/data.yaml --out "$DATA" --workers 2
 }
 
+# deep_val64: the 64 extra deep validation trajectories x 1000 steps of another seed (long_unroll/data_val64.yaml),
+# the set close deep candidates are ranked on; sets VAL64_DATA (beside the deep set) and generates it.
+deep_val64() {
+  VAL64_DATA=$PARENT_WORK/data_val64
+  stage generate_val64 "$PY" -m holstein_dist.generate --config experiments/deep_L32/long_unroll/data_val64.yaml \
+    --out "$VAL64_DATA" --workers 2
+}
+
 # Rounds of guarded deep training (experiments/deep_L32/guarded_training, long_unroll). They read HERE (the
 # experiment), WORK, DATA and VAL (the validation flags: --data, --split, --steps): each run's checkpoints are read
 # with --conserve on validation, each run keeps its best by the climate score, and reports land in $HERE/val/NAME.

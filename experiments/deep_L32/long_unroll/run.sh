@@ -20,8 +20,7 @@ deep_data
 GUARDED_WORK=${GUARDED_WORK:-$HERE/../guarded_training/work}
 ROUND2=$GUARDED_WORK/run_continue_guarded_n8/checkpoints
 [ -f "$ROUND2/step-00001000.pt" ] || WORK=$GUARDED_WORK PARENT_WORK=$PARENT_WORK bash "$HERE/../guarded_training/run.sh"
-VAL64_DATA=$PARENT_WORK/data_val64
-stage generate_val64 "$PY" -m holstein_dist.generate --config "$HERE/data_val64.yaml" --out "$VAL64_DATA" --workers 2
+deep_val64
 
 validate parent "$PARENT"
 train_round "$PARENT" unroll16 unroll8

@@ -9,16 +9,17 @@
 #   bash experiments/deep_L32/test256/run.sh    (~45 min on 2 CPU cores: generation 5 min, each evaluation 17 min)
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
-WORK=${WORK:-$HERE/work}
-DATA=${TEST256_DATA:-$WORK/data}
-cd "$ROOT"
-stage generate "$PY" -m holstein_dist.generate --config "$HERE/data_test256.yaml" --out "$DATA" --workers 2
+deep_data  # the deep set and the extra validation set: two of the floor check's four truth sets (below)
+deep_val64
+TEST256=${TEST256_DATA:-$WORK/data}
+stage generate_test256 "$PY" -m holstein_dist.generate --config "$HERE/data_test256.yaml" --out "$TEST256" \
+  --workers 2
 
 declare -A MODELS=([chosen]=$HERE/../long_unroll/model.pt [parent]=$HERE/../guarded_training/model.pt)
 for name in chosen parent; do
   # The exact simulator's timing on 100 steps (it is the same model-free figure in every report).
   [ -f "$WORK/test_$name/report.json" ] || OMP_NUM_THREADS=1 stage "test_$name" "$PY" -m torch.distributed.run \
-    --standalone --nproc_per_node 2 -m holstein_dist.evaluate --checkpoint "${MODELS[$name]}" --data "$DATA" \
+    --standalone --nproc_per_node 2 -m holstein_dist.evaluate --checkpoint "${MODELS[$name]}" --data "$TEST256" \
     --split test --conserve --baseline-steps 100 --out "$WORK/test_$name"
   keep_results "$WORK/test_$name" "$HERE/test_$name"
 done
@@ -29,13 +30,7 @@ done
 # The floor checked on the data: four disjoint sets of 64 truth trajectories (this set's first 64, ../data.yaml's test
 # split and first 64 training trajectories, ../long_unroll's 64 extra validation ones); every pair of them is what a
 # perfect model's 64 rollouts against 64 truths would differ by.
-PARENT_WORK=${PARENT_WORK:-$ROOT/experiments/deep_L32/work}
-stage generate_deep "$PY" -m holstein_dist.generate --config experiments/deep_L32/data.yaml --out "$PARENT_WORK/data" \
-  --workers 2
-stage generate_val64 "$PY" -m holstein_dist.generate --config experiments/deep_L32/long_unroll/data_val64.yaml \
-  --out "$PARENT_WORK/data_val64" --workers 2
-SETS=("test256_first64=$DATA:test" "test=$PARENT_WORK/data:test" "train_first64=$PARENT_WORK/data:train"
-      "val64=$PARENT_WORK/data_val64:val")
+SETS=("test256_first64=$TEST256:test" "test=$DATA:test" "train_first64=$DATA:train" "val64=$VAL64_DATA:val")
 checks=()
 for entry in "${SETS[@]}"; do
   name=${entry%%=*} where=${entry#*=}
