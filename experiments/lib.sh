@@ -123,6 +123,16 @@ deep_val64() {
     --out "$VAL64_DATA" --workers 2
 }
 
+# evaluate_2ranks NAME ARGS...: stage NAME, evaluate's ARGS run by two ranks that share the rollouts (one thread
+# each, so the two cores are not oversubscribed); rank 0 writes the report. Skipped when --out has a report already.
+evaluate_2ranks() {
+  local name=$1 out; shift
+  out=$(printf '%s\n' "$@" | grep -A1 -x -- --out | tail -1)
+  [ -f "$out/report.json" ] && return 0
+  OMP_NUM_THREADS=1 stage "$name" "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \
+    -m holstein_dist.evaluate "$@"
+}
+
 # Rounds of guarded deep training (experiments/deep_L32/guarded_training, long_unroll). They read HERE (the
 # experiment), WORK, DATA and VAL (the validation flags: --data, --split, --steps): each run's checkpoints are read
 # with --conserve on validation, each run keeps its best by the climate score, and reports land in $HERE/val/NAME.

@@ -28,7 +28,8 @@ from typing import Any, Literal
 import torch
 
 from holstein_dist.config import from_dict
-from holstein_dist.model import ModelConfig, Surrogate, build_model, unwrap
+from holstein_dist.model import ModelConfig, Surrogate, build_model, increment_factors, unwrap
+from holstein_dist.physics import STATE_KEYS
 from hpc import checkpoint as ckpt
 
 FORMAT = "holstein-dist/2"
@@ -121,17 +122,19 @@ def average_models(sources: Sequence[str | Path], out: str | Path) -> Path:
     return Path(out)
 
 
-def scale_increments(source: str | Path, factor: float, out: str | Path, symmetrize: bool = False) -> Path:
+def scale_increments(source: str | Path, factor: float | Mapping[str, float], out: str | Path,
+                     symmetrize: bool = False) -> Path:
     """Write the model of ``source`` with every predicted increment multiplied by ``factor`` as model file ``out``
     (``symmetrize``: with group averaging switched on, ``ModelConfig.symmetrize``, before the scaling).
 
     To first order in the snapshot interval this rescales the time step of the learned flow map, i.e. the
     frequency of every oscillation it produces: the one-parameter rate calibration of ``results calibrate``
-    (:meth:`Surrogate.scale_increments`). The file loads, evaluates and fine-tunes (``init_from``) like any
-    other; ``increment_factor`` records the product of all factors applied.
+    (:meth:`Surrogate.scale_increments`). ``factor`` may also map state keys to their own factors (``{"Q": f,
+    "P": f}`` scales the lattice's rate and leaves the electrons'). The file loads, evaluates and fine-tunes
+    (``init_from``) like any other; ``increment_factor`` records the product of all factors applied: one number
+    while every component has had the same, else one per component.
     """
-    if not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"increment factor {factor} must be a positive number (1 leaves the model unchanged)")
+    factors = increment_factors(factor)  # a bad factor is refused before anything is read or written
     kind, weights_path = resolve(Path(source))
     if kind == "original":
         raise ValueError(f"{str(source)!r} is an original-format model; calibrate models of ours (train one, or "
@@ -140,9 +143,12 @@ def scale_increments(source: str | Path, factor: float, out: str | Path, symmetr
     model = _model_from(payload, weights_path)
     if symmetrize:
         model.symmetrize()
-    model.scale_increments(factor)
+    model.scale_increments(factors)
     scaled = model_payload(model, payload["data_signature"])
-    scaled["increment_factor"] = float(payload.get("increment_factor", 1.0)) * factor
+    before = increment_factors(payload.get("increment_factor", 1.0))
+    total = {key: before[key] * factors[key] for key in STATE_KEYS}
+    uniform = len(set(total.values())) == 1
+    scaled["increment_factor"] = total["rho"] if uniform else total
     ckpt.atomic_save(scaled, out)
     return Path(out)
 

@@ -206,10 +206,28 @@ class ScaledCNN(nn.Module):
         return out_rho * self.out_scale_rho, out_Q * self.out_scale_Q, out_P * self.out_scale_P
 
     @torch.no_grad()
-    def scale_output(self, factor: float) -> None:
-        """Multiply every output by ``factor`` (through the output-scale buffers)."""
-        for name in STATE_KEYS:
+    def scale_output(self, factors: Mapping[str, float]) -> None:
+        """Multiply each component's output by its factor (``factors``: state key -> factor; keys left out stay),
+        through the output-scale buffers."""
+        for name, factor in factors.items():
             getattr(self, f"out_scale_{name}").mul_(factor)
+
+
+def increment_factors(factor: float | Mapping[str, float]) -> dict[str, float]:
+    """Per-component increment factors (state key -> factor) from one number (every component) or a mapping
+    (components left out: 1). Raises ValueError naming the bad entry: factors must be finite and positive."""
+    factors = dict.fromkeys(STATE_KEYS, 1.0)
+    if isinstance(factor, Mapping):
+        unknown = sorted(set(factor) - set(STATE_KEYS))
+        if unknown:
+            raise ValueError(f"increment factors for {unknown}: the components are {', '.join(STATE_KEYS)}")
+        factors.update({key: float(value) for key, value in factor.items()})
+    else:
+        factors = dict.fromkeys(STATE_KEYS, float(factor))
+    for key, value in factors.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"increment factor {value} for {key} must be a positive number (1 leaves it unchanged)")
+    return factors
 
 
 # --------------------------------------------------------------------------- surrogates
@@ -235,11 +253,14 @@ class Surrogate(nn.Module, abc.ABC):
     def increment_head(self) -> ScaledCNN:
         """The network whose output is the one-snapshot increment."""
 
-    def scale_increments(self, factor: float) -> None:
-        """Multiply every predicted increment by ``factor`` (to first order: the learned map's time step), keeping
-        the ``delta_*`` scales in step with the head's output buffers."""
-        self.increment_head.scale_output(factor)
-        self.scales = {key: value * factor if key.startswith("delta_") else value for key, value in self.scales.items()}
+    def scale_increments(self, factor: float | Mapping[str, float]) -> None:
+        """Multiply every predicted increment by ``factor`` (to first order: the learned map's time step), or each
+        component's by its own (a mapping state key -> factor, e.g. ``{"Q": 0.95, "P": 0.95}``: the lattice's
+        rate alone), keeping the ``delta_*`` scales in step with the head's output buffers."""
+        factors = increment_factors(factor)
+        self.increment_head.scale_output(factors)
+        self.scales = {key: value * factors[key[len("delta_"):]] if key.startswith("delta_") else value
+                       for key, value in self.scales.items()}
 
     def symmetrize(self) -> None:
         """Switch on group averaging (``ModelConfig.symmetrize``) for this trained model; weights unchanged."""

@@ -9,7 +9,8 @@
     python -m holstein_dist.results average RUN_DIR/checkpoints/step-0000{6,7,8}*.pt --out model.pt
     python -m holstein_dist.results score EVAL_DIR [EVAL_DIR ...] [--at 100 600 1200]
     python -m holstein_dist.results calibrate MODEL --data DIR --split val --steps 1200 --out factors.csv \\
-        --export calibrated.pt
+        --export calibrated.pt [--components all|electrons|lattice]
+    python -m holstein_dist.results scale MODEL --out scaled.pt [--all F] [--electrons F] [--lattice F]
 
 ``table`` prints a Markdown table with one column per report: RMSE by component at the chosen rollout
 steps, the autocorrelation errors of the charge and lattice order, divergent fraction, Wasserstein
@@ -24,7 +25,9 @@ table) and tabulates RMSE at chosen steps and the autocorrelation errors against
 against the best single checkpoint, both evaluated on validation). ``calibrate`` fits one factor on a model's
 predicted increments (to first order its time step, so the frequency of every oscillation it produces) by a
 grid search on long validation rollouts and exports the calibrated model: near-periodic long rollouts are
-dominated by a small frequency error that training leaves to chance.
+dominated by a small frequency error that training leaves to chance. ``--components lattice`` fits the
+lattice's rate (the increments of Q and P) with the electrons' left as they are. ``scale`` writes a model with
+given factors (e.g. rates chosen on validation by a script), recording them in the file.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from holstein_dist.metrics import ORDER_KEYS, RMSE_COMPONENTS
+from holstein_dist.physics import STATE_KEYS
 from hpc.cli import ArgumentParser, report_error
 from hpc.files import atomic_write_text
 
@@ -298,16 +302,29 @@ def long_rollout_row(model: str | Path, data: str | Path, split: str, steps: int
     return row
 
 
+COMPONENT_GROUPS = {"all": STATE_KEYS, "electrons": ("rho",), "lattice": ("Q", "P")}
+"""What ``calibrate --components`` and ``scale`` may scale: every increment, rho's, or Q's and P's."""
+
+
+def group_factors(components: str, factor: float) -> dict[str, float]:
+    """``factor`` for each state key of the group ``components`` (the others are left at 1)."""
+    if components not in COMPONENT_GROUPS:
+        raise ValueError(f"components {components!r}: choose one of {', '.join(COMPONENT_GROUPS)}")
+    return dict.fromkeys(COMPONENT_GROUPS[components], factor)
+
+
 def calibrate_increments(model: str | Path, data: str | Path, split: str, steps: int, at: Sequence[int],
                          work: str | Path, span: float = 0.02, points: int = 21,
                          score: str = "rmse", symmetrize: bool = False,
-                         guard_args: Sequence[str] = ()) -> list[dict[str, float]]:
+                         guard_args: Sequence[str] = (), components: str = "all") -> list[dict[str, float]]:
     """Score ``model`` with its increments scaled by ``1 + eps`` over a grid of ``eps`` in [-span, span]
     (``points`` values, and 0), then over a finer grid of 9 values spanning the two cells around the best;
     rows sorted by factor. Each scaled model and its report stay in ``work`` (``factor-<f>.pt``, ``factor-<f>/``).
     ``symmetrize``: every candidate has group averaging switched on (symmetrization changes the rate a little,
     so the factor is fitted with it). ``guard_args``: evaluate's rollout-guard flags for every candidate
-    (``--project`` or ``--conserve``; a guard is not stored in the model, so evaluate the export with it too)."""
+    (``--project`` or ``--conserve``; a guard is not stored in the model, so evaluate the export with it too).
+    ``components``: which increments the factor scales, a key of ``COMPONENT_GROUPS`` (``lattice``: the rate of
+    Q and P alone, the electrons' left as they are)."""
     from holstein_dist.checkpoints import scale_increments
 
     if span <= 0 or points < 3:
@@ -319,7 +336,8 @@ def calibrate_increments(model: str | Path, data: str | Path, split: str, steps:
         factor = round(factor, 6)
         if factor in rows or factor <= 0:
             return
-        path = scale_increments(model, factor, work / f"factor-{factor:.6f}.pt", symmetrize)
+        path = scale_increments(model, group_factors(components, factor), work / f"factor-{factor:.6f}.pt",
+                                symmetrize)
         row = long_rollout_row(path, data, split, steps, at, work / f"factor-{factor:.6f}", score, guard_args)
         rows[factor] = {"factor": factor, **row}
 
@@ -440,10 +458,10 @@ def calibrate_command(args: Any) -> None:
     guard_args = ["--conserve"] if args.conserve else []
     if not is_ensemble(args.model):
         rows = calibrate_increments(args.model, *grid, work, args.span, args.points, args.score, args.symmetrize,
-                                    guard_args)
+                                    guard_args, args.components)
         write_curve(rows, args.out)
         best = _calibrated(rows, args.split, args.export)
-        scale_increments(args.model, best["factor"], args.export, args.symmetrize)
+        scale_increments(args.model, group_factors(args.components, best["factor"]), args.export, args.symmetrize)
         return
     if args.export.exists():
         raise ValueError(f"--export {args.export} exists; pass a new directory for the calibrated ensemble")
@@ -452,7 +470,7 @@ def calibrate_command(args: Any) -> None:
     scaled = []
     for i, path in enumerate(members):
         rows = calibrate_increments(path, *grid, work / member_name(i), args.span, args.points, args.score,
-                                    args.symmetrize, guard_args)
+                                    args.symmetrize, guard_args, args.components)
         table += [{"member": i, **row} for row in rows]
         scaled.append((path, _calibrated(rows, args.split, f"{member_name(i)} of {args.export}")["factor"]))
     write_curve(table, args.out)
@@ -460,11 +478,24 @@ def calibrate_command(args: Any) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     for i, (path, factor) in enumerate(scaled):
         (member_dir(staging, i) / "checkpoints").mkdir(parents=True)
-        scale_increments(path, factor, member_dir(staging, i) / "checkpoints" / "best.pt", args.symmetrize)
+        member_model = member_dir(staging, i) / "checkpoints" / "best.pt"
+        scale_increments(path, group_factors(args.components, factor), member_model, args.symmetrize)
     for name in (MANIFEST_NAME, "config.yaml"):
         if (args.model / name).is_file():
             shutil.copy2(args.model / name, staging / name)
     staging.rename(args.export)
+
+
+def scale_command(args: Any) -> None:
+    """``scale``: the model with the product of ``--all``, ``--electrons`` and ``--lattice`` on its increments."""
+    from holstein_dist.checkpoints import scale_increments
+
+    factors = dict.fromkeys(STATE_KEYS, 1.0)
+    for group in COMPONENT_GROUPS:
+        for key, value in group_factors(group, getattr(args, group)).items():
+            factors[key] *= value
+    scale_increments(args.model, factors, args.out)
+    print(f"increments x {', '.join(f'{k} {v:g}' for k, v in factors.items())} -> {args.out}")
 
 
 def best_factor_row(rows: Iterable[Mapping[str, float]]) -> Mapping[str, float]:
@@ -538,6 +569,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("--conserve", action="store_true",
                      help="fit the factor on rollouts with evaluate --conserve (not stored in the export: evaluate it "
                           "with --conserve too)")
+    cal.add_argument("--components", choices=list(COMPONENT_GROUPS), default="all",
+                     help="which increments the factor scales: all (the model's rate), electrons (rho) or lattice "
+                          "(Q and P; fits the lattice's rate against the electrons')")
+    scale = sub.add_parser("scale", help="write a model file with its increments scaled (a rate chosen elsewhere)")
+    scale.add_argument("model", type=Path, help="model file or run directory of ours")
+    scale.add_argument("--out", type=Path, required=True, help="model file to write")
+    for group in COMPONENT_GROUPS:
+        scale.add_argument(f"--{group}", type=float, default=1.0,
+                           help=f"factor on the increments of {'every component' if group == 'all' else group} "
+                                "(factors multiply; default 1)")
     score = sub.add_parser("score", help="long-rollout score of evaluation reports (what rollout-curve ranks by)")
     score.add_argument("reports", nargs="+", type=Path, help="report.json files or evaluation directories")
     score.add_argument("--at", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps it averages over")
@@ -562,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
         elif args.command == "calibrate":
             calibrate_command(args)
+        elif args.command == "scale":
+            scale_command(args)
         elif args.command == "score":
             reports = [(path, read_report(path)) for path in args.reports]
             scored = [(SCORES[args.score](report, args.at), path, report) for path, report in reports]

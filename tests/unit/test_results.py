@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from holstein_dist import evaluate, results, train
-from holstein_dist.checkpoints import load_model
+from holstein_dist.checkpoints import load_model, scale_increments
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/train/tiny.yaml")
@@ -166,7 +166,7 @@ def test_average_writes_the_mean_weights_of_checkpoints_of_one_run(tiny_run, tin
 
 
 def test_scale_increments_multiplies_every_predicted_increment(tiny_run, tmp_path, capsys):
-    from holstein_dist.checkpoints import export_model, scale_increments
+    from holstein_dist.checkpoints import export_model
 
     plain = load_model(tiny_run)
     scaled_path = scale_increments(tiny_run, 1.5, tmp_path / "scaled.pt")
@@ -193,6 +193,40 @@ def test_scale_increments_multiplies_every_predicted_increment(tiny_run, tmp_pat
     assert not (tmp_path / "zero.pt").exists()
 
 
+def test_scale_increments_per_component_scales_only_those_components(tiny_run, tmp_path, capsys):
+    from hpc.checkpoint import load_checkpoint
+
+    plain = load_model(tiny_run)
+    g = torch.Generator().manual_seed(1)
+    L = 16
+    rho = torch.randn(2, L, L, dtype=torch.complex64, generator=g) * 1e-3
+    Q, P = torch.randn(2, L, generator=g) * 1e-3, torch.randn(2, L, generator=g) * 1e-3
+    # The CLI: --all and --lattice multiply (rho x0.9, Q and P x0.9 * 1.2), recorded per component.
+    out = tmp_path / "lattice.pt"
+    assert results.main(["scale", str(tiny_run), "--out", str(out), "--all", "0.9", "--lattice", "1.2"]) == 0
+    assert "rho 0.9, Q 1.08, P 1.08" in capsys.readouterr().out
+    scaled = load_model(out)
+    for factor, a, b in zip((0.9, 1.08, 1.08), plain.rollout(rho, Q, P, 1), scaled.rollout(rho, Q, P, 1)):
+        step_a, step_b = a[:, 1] - a[:, 0], b[:, 1] - b[:, 0]
+        assert step_a.abs().max() > 0
+        assert torch.allclose(step_b, factor * step_a, rtol=1e-3, atol=1e-10)
+    assert scaled.scales["delta_Q"] == pytest.approx(1.08 * plain.scales["delta_Q"])
+    assert scaled.scales["delta_rho"] == pytest.approx(0.9 * plain.scales["delta_rho"])
+    assert load_checkpoint(out, required=("format",))["increment_factor"] == pytest.approx(
+        {"rho": 0.9, "Q": 1.08, "P": 1.08})
+    # Per-component records compose with a later uniform factor; equal factors are recorded as one number.
+    again = scale_increments(out, {"rho": 1.2}, tmp_path / "again.pt")
+    assert load_checkpoint(again, required=("format",))["increment_factor"] == pytest.approx(1.08)
+    # Bad factors are refused in one line, before anything is written.
+    capsys.readouterr()
+    assert results.main(["scale", str(tiny_run), "--out", str(tmp_path / "bad.pt"), "--electrons", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "must be a positive number" in err and "rho" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad.pt").exists()
+    with pytest.raises(ValueError, match="the components are rho, Q, P"):
+        scale_increments(tiny_run, {"phonons": 2.0}, tmp_path / "bad.pt")
+
+
 def test_calibrate_scores_a_grid_of_factors_and_exports_the_best(tiny_run, tiny_data, tmp_path, capsys):
     out, model = tmp_path / "factors.csv", tmp_path / "calibrated.pt"
     assert results.main(["calibrate", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",
@@ -201,7 +235,7 @@ def test_calibrate_scores_a_grid_of_factors_and_exports_the_best(tiny_run, tiny_
     rows = list(csv.DictReader(out.open()))
     factors = [float(r["factor"]) for r in rows]
     assert factors == sorted(factors) and {0.9, 1.0, 1.1} <= set(factors) and len(factors) > 3  # coarse + refined
-    best = min(rows, key=lambda r: (float(r["score"]), abs(float(r["factor"]) - 1)))
+    best = best_row(rows)
     assert load_model(model).scales["delta_rho"] == pytest.approx(
         float(best["factor"]) * load_model(tiny_run).scales["delta_rho"], rel=1e-6)
     assert f"best increment factor on test: {float(best['factor']):.6f}" in capsys.readouterr().out
@@ -220,6 +254,22 @@ def test_calibrate_scores_a_grid_of_factors_and_exports_the_best(tiny_run, tiny_
                          "--export", str(tmp_path / "cons.pt")]) == 0
     candidates = sorted(p for p in (tmp_path / "cons").glob("factor-*") if p.is_dir())
     assert len(candidates) > 3 and all(results.read_report(p)["settings"]["conserve"] for p in candidates)
+    # --components lattice: the factor scales Q's and P's increments only, in every candidate and the export.
+    lattice = tmp_path / "lattice.pt"
+    assert results.main(["calibrate", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",
+                         "--at", "1", "6", "--span", "0.1", "--points", "3", "--components", "lattice",
+                         "--work", str(tmp_path / "lat"), "--out", str(tmp_path / "lat.csv"),
+                         "--export", str(lattice)]) == 0
+    best = best_row(list(csv.DictReader((tmp_path / "lat.csv").open())))
+    tried = load_model(tmp_path / "lat" / "factor-0.900000.pt")
+    assert tried.scales["delta_P"] == pytest.approx(0.9 * load_model(tiny_run).scales["delta_P"], rel=1e-6)
+    assert tried.scales["delta_rho"] == load_model(tiny_run).scales["delta_rho"]
+    assert load_model(lattice).scales["delta_Q"] == pytest.approx(
+        float(best["factor"]) * load_model(tiny_run).scales["delta_Q"], rel=1e-6)
+
+
+def best_row(rows):
+    return min(rows, key=lambda r: (float(r["score"]), abs(float(r["factor"]) - 1)))
 
 
 def test_calibrate_an_ensemble_writes_a_new_ensemble_of_calibrated_members(tiny_data, tmp_path, capsys):
@@ -236,7 +286,7 @@ def test_calibrate_an_ensemble_writes_a_new_ensemble_of_calibrated_members(tiny_
     assert {r["member"] for r in rows} == {"0", "1"}
     for i, (before, after) in enumerate(zip(member_checkpoints(ens), member_checkpoints(export))):
         mine = [r for r in rows if r["member"] == str(i)]
-        best = min(mine, key=lambda r: (float(r["score"]), abs(float(r["factor"]) - 1)))
+        best = best_row(mine)
         assert load_model(after).scales["delta_P"] == pytest.approx(
             float(best["factor"]) * load_model(before).scales["delta_P"], rel=1e-6)
     assert evaluate.main(["--checkpoint", str(export), "--data", str(tiny_data), "--steps", "4", "--rollouts", "2",
