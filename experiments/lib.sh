@@ -157,11 +157,14 @@ train_round() {  # train_round INIT RUN...: the runs side by side from INIT, the
   done
 }
 # best_of and val_table read the reports in $HERE/${REPORTS:-val}/NAME; val_table's last step is ${LAST_STEP:-500}.
-best_of() {  # best_of NAME...: the name whose validation report has the lowest climate score
+ranked() {  # ranked NAME...: the names, lowest climate score of their validation reports first
   local reports=() name
   for name in "$@"; do reports+=("$HERE/${REPORTS:-val}/$name/report.json"); done
-  basename "$(dirname "$("$PY" -m holstein_dist.results score --score climate "${reports[@]}" | sort -g | head -1 \
-    | awk '{print $2}')")"
+  "$PY" -m holstein_dist.results score --score climate "${reports[@]}" | sort -g | awk '{print $2}' \
+    | while read -r name; do basename "$(dirname "$name")"; done
+}
+best_of() {  # best_of NAME...: the name whose validation report has the lowest climate score
+  ranked "$@" | head -1
 }
 val_table() {  # val_table OUT NAME...: the validation reports side by side
   local out=$1 reports=() name; shift
