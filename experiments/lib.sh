@@ -164,7 +164,7 @@ ranked() {  # ranked NAME...: the names, lowest climate score of their validatio
     | while read -r name; do basename "$(dirname "$name")"; done
 }
 best_of() {  # best_of NAME...: the name whose validation report has the lowest climate score
-  ranked "$@" | head -1
+  ranked "$@" | sed -n 1p  # sed reads to the end: head would close the pipe early and fail it (pipefail)
 }
 val_table() {  # val_table OUT NAME...: the validation reports side by side
   local out=$1 reports=() name; shift

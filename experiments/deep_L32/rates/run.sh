@@ -48,7 +48,7 @@ keep_results "$WORK/test_chosen" "$HERE/test_chosen"
 # choice of this experiment, and is measured on the test trajectories if it is not the model measured above.
 VAL256=${VAL256_DATA:-$PARENT_WORK/data_val256}
 stage generate_val256 "$PY" -m holstein_dist.generate --config "$HERE/data_val256.yaml" --out "$VAL256" --workers 2
-mapfile -t TOP2 < <(REPORTS=val64 ranked "${CANDIDATES[@]}" | head -2)
+mapfile -t TOP2 < <(REPORTS=val64 ranked "${CANDIDATES[@]}" | sed -n 1,2p)
 for name in "${TOP2[@]}"; do
   evaluate_2ranks "val256_$name" --checkpoint "$WORK/${name}_best.pt" --data "$VAL256" --split val \
     --baseline-steps 0 --no-plots --conserve --out "$WORK/val256_$name"
