@@ -123,14 +123,14 @@ deep_val64() {
     --out "$VAL64_DATA" --workers 2
 }
 
-# evaluate_2ranks NAME ARGS...: stage NAME, evaluate's ARGS run by two ranks that share the rollouts (one thread
-# each, so the two cores are not oversubscribed); rank 0 writes the report. Skipped when --out has a report already.
+# evaluate_2ranks NAME OUT ARGS...: stage NAME, evaluate's ARGS with --out OUT run by two ranks that share the
+# rollouts (one thread each, so the two cores are not oversubscribed); rank 0 writes the report. Skipped when OUT
+# has a report already.
 evaluate_2ranks() {
-  local name=$1 out; shift
-  out=$(printf '%s\n' "$@" | grep -A1 -x -- --out | tail -1)
+  local name=$1 out=$2; shift 2
   [ -f "$out/report.json" ] && return 0
   OMP_NUM_THREADS=1 stage "$name" "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \
-    -m holstein_dist.evaluate "$@"
+    -m holstein_dist.evaluate "$@" --out "$out"
 }
 
 # Rounds of guarded deep training (experiments/deep_L32/guarded_training, long_unroll). They read HERE (the

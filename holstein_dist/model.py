@@ -216,12 +216,11 @@ class ScaledCNN(nn.Module):
 def increment_factors(factor: float | Mapping[str, float]) -> dict[str, float]:
     """Per-component increment factors (state key -> factor) from one number (every component) or a mapping
     (components left out: 1). Raises ValueError naming the bad entry: factors must be finite and positive."""
-    factors = dict.fromkeys(STATE_KEYS, 1.0)
     if isinstance(factor, Mapping):
         unknown = sorted(set(factor) - set(STATE_KEYS))
         if unknown:
             raise ValueError(f"increment factors for {unknown}: the components are {', '.join(STATE_KEYS)}")
-        factors.update({key: float(value) for key, value in factor.items()})
+        factors = {key: float(factor.get(key, 1.0)) for key in STATE_KEYS}
     else:
         factors = dict.fromkeys(STATE_KEYS, float(factor))
     for key, value in factors.items():

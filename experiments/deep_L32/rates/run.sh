@@ -25,8 +25,8 @@ for electrons in 0.95 1.0 1.05; do
     CANDIDATES+=("$name")
     "$PY" -m holstein_dist.results scale "$PARENT" --electrons "$electrons" --lattice "$lattice" \
       --out "$WORK/${name}_best.pt"
-    evaluate_2ranks "val64_$name" --checkpoint "$WORK/${name}_best.pt" --data "$VAL64_DATA" --split val \
-      --baseline-steps 0 --no-plots --conserve --out "$WORK/val64_$name"
+    evaluate_2ranks "val64_$name" "$WORK/val64_$name" --checkpoint "$WORK/${name}_best.pt" --data "$VAL64_DATA" \
+      --split val --baseline-steps 0 --no-plots --conserve
     mkdir -p "$HERE/val64/$name" && cp "$WORK/val64_$name/report.json" "$HERE/val64/$name/"
   done
 done
@@ -36,8 +36,8 @@ CHOSEN=$(REPORTS=val64 best_of "${CANDIDATES[@]}")
 echo "chosen on the 64 validation trajectories: $CHOSEN"
 
 export_model "$WORK/${CHOSEN}_best.pt" "$HERE/model.pt"
-evaluate_2ranks test_chosen --checkpoint "$HERE/model.pt" --data "$TEST256" --split test --conserve \
-  --baseline-steps 100 --out "$WORK/test_chosen"
+evaluate_2ranks test_chosen "$WORK/test_chosen" --checkpoint "$HERE/model.pt" --data "$TEST256" --split test \
+  --conserve --baseline-steps 100
 keep_results "$WORK/test_chosen" "$HERE/test_chosen"
 "$PY" -m holstein_dist.results table "$HERE"/../test256/test_{parent,chosen}/report.json \
   "$HERE/test_chosen/report.json" --names "guard-trained" "increments x0.95 (one rate)" "$CHOSEN" \
@@ -50,21 +50,25 @@ VAL256=${VAL256_DATA:-$PARENT_WORK/data_val256}
 stage generate_val256 "$PY" -m holstein_dist.generate --config "$HERE/data_val256.yaml" --out "$VAL256" --workers 2
 mapfile -t TOP2 < <(REPORTS=val64 ranked "${CANDIDATES[@]}" | sed -n 1,2p)
 for name in "${TOP2[@]}"; do
-  evaluate_2ranks "val256_$name" --checkpoint "$WORK/${name}_best.pt" --data "$VAL256" --split val \
-    --baseline-steps 0 --no-plots --conserve --out "$WORK/val256_$name"
+  evaluate_2ranks "val256_$name" "$WORK/val256_$name" --checkpoint "$WORK/${name}_best.pt" --data "$VAL256" \
+    --split val --baseline-steps 0 --no-plots --conserve
   mkdir -p "$HERE/val256/$name" && cp "$WORK/val256_$name/report.json" "$HERE/val256/$name/"
 done
 REPORTS=val256 LAST_STEP=1000 val_table "$HERE/results_val256.md" "${TOP2[@]}"
 FINAL=$(REPORTS=val256 best_of "${TOP2[@]}")
 echo "chosen on the 256 validation trajectories: $FINAL"
-if [ "$FINAL" = electrons0.95_lattice0.95 ]; then
-  # The one-rate model: the same weights and buffers as ../long_unroll/model.pt (checked: every tensor equal), so
-  # its test figures are ../test256/test_chosen's, made with this command on the same trajectories.
+# ../long_unroll/model.pt (the one-rate model, the grid's cell 0.95 / 0.95) was measured on these test trajectories
+# with this command in ../test256 (test_chosen): a choice with the same content is not evaluated again.
+same_model() {  # same_model A B: the two model files carry the same content digest (hpc.checkpoint's sha256)
+  "$PY" -c 'import sys; from hpc.checkpoint import load_checkpoint as load
+sys.exit(len({load(p, required=("format",))["sha256"] for p in sys.argv[1:]}) != 1)' "$1" "$2"
+}
+if same_model "$WORK/${FINAL}_best.pt" "$HERE/../long_unroll/model.pt"; then
   echo "the choice is the one-rate model (../long_unroll/model.pt); its test report: ../test256/test_chosen"
 elif [ "$FINAL" != "$CHOSEN" ]; then
   export_model "$WORK/${FINAL}_best.pt" "$HERE/model_val256.pt"
-  evaluate_2ranks test_val256_choice --checkpoint "$HERE/model_val256.pt" --data "$TEST256" --split test \
-    --conserve --baseline-steps 100 --out "$WORK/test_val256_choice"
+  evaluate_2ranks test_val256_choice "$WORK/test_val256_choice" --checkpoint "$HERE/model_val256.pt" \
+    --data "$TEST256" --split test --conserve --baseline-steps 100
   keep_results "$WORK/test_val256_choice" "$HERE/test_val256_choice"
 fi
 write_times "$HERE/wall_times.json"

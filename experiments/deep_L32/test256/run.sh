@@ -18,8 +18,8 @@ stage generate_test256 "$PY" -m holstein_dist.generate --config "$HERE/data_test
 declare -A MODELS=([chosen]=$HERE/../long_unroll/model.pt [parent]=$HERE/../guarded_training/model.pt)
 for name in chosen parent; do
   # The exact simulator's timing on 100 steps (it is the same model-free figure in every report).
-  evaluate_2ranks "test_$name" --checkpoint "${MODELS[$name]}" --data "$TEST256" --split test --conserve \
-    --baseline-steps 100 --out "$WORK/test_$name"
+  evaluate_2ranks "test_$name" "$WORK/test_$name" --checkpoint "${MODELS[$name]}" --data "$TEST256" --split test \
+    --conserve --baseline-steps 100
   keep_results "$WORK/test_$name" "$HERE/test_$name"
 done
 "$PY" -m holstein_dist.results table "$HERE"/test_{parent,chosen}/report.json \
