@@ -13,7 +13,7 @@ import bisect
 import dataclasses
 import math
 
-from holstein_dist.guards import GUARD_NAMES
+from holstein_dist.guards import ENERGY_SPLITS, GUARD_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,10 @@ class Stage:
     model then trains on the states its guarded rollouts visit. The restore is passed straight through in
     the backward pass (its Jacobian taken as the identity): the exact one differentiates an eigendecomposition
     whose spectrum is degenerate (15 ones and 15 zeros at L = 32), where it is singular."""
+    energy_split: str = "momenta"
+    """With ``guard: conserve``, who takes each unrolled step's energy error, as ``evaluate --energy-split``:
+    ``momenta`` (the lattice momenta rescaled to the total energy) or ``work`` (the lattice keeps what the
+    electrons' work over the step gave it; :func:`holstein_dist.guards.restore_energy_by_work`)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.n_step < 1 or self.epoch_multiplier < 1:
@@ -63,6 +67,11 @@ class Stage:
             raise ValueError(f"stage kinetic_weight is {self.kinetic_weight}; use a finite weight >= 0 (0: no term)")
         if self.guard not in GUARD_NAMES:
             raise ValueError(f"stage guard is {self.guard!r}; choose one of {', '.join(GUARD_NAMES)}")
+        if self.energy_split not in ENERGY_SPLITS:
+            raise ValueError(f"stage energy_split is {self.energy_split!r}; choose one of {', '.join(ENERGY_SPLITS)}")
+        if self.energy_split != "momenta" and self.guard != "conserve":
+            raise ValueError(f"stage energy_split {self.energy_split!r} needs guard: conserve (it is {self.guard!r}); "
+                             "set guard: conserve or drop energy_split")
 
 
 @dataclasses.dataclass(frozen=True)

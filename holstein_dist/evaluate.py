@@ -123,6 +123,10 @@ class Options:
                                 "rollout's initial state: rho's spectrum (nearest matrix with it) and the total "
                                 "energy (the lattice momenta rescaled); a rollout-time guard, not part of the model",
                                 False)
+    energy_split: Literal["momenta", "work"] = flag_field(
+        "with --conserve, who takes each step's energy error: momenta (the lattice momenta are rescaled to the "
+        "total energy) or work (the lattice keeps the energy the electrons' work over the step gave it, the "
+        "electrons hold the rest)", "momenta")
     symmetrize: bool = flag_field("average every model step over the ring's reflection and particle-hole symmetries "
                                   "(exact equivariance, 4x the network cost; no retraining, any model)", False)
     truth_only: bool = flag_field("no model: ground-truth statistics and the exact simulator's timing only", False)
@@ -151,6 +155,9 @@ class Options:
         if self.truth_only and (self.bf16 or self.project or self.conserve or self.symmetrize):
             raise UserError("--bf16, --project, --conserve and --symmetrize only affect the model; drop them with "
                             "--truth-only")
+        if self.energy_split != "momenta" and not self.conserve:
+            raise UserError(f"--energy-split {self.energy_split} chooses how --conserve restores the energy; "
+                            "add --conserve or drop --energy-split")
         if self.project and self.conserve:
             raise UserError("--project and --conserve are exclusive (--conserve keeps rho's whole initial spectrum, "
                             "which implies --project's bounds); pass one of them")
@@ -950,7 +957,7 @@ def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Sur
 def rollout_guard(opts: Options, plan: Plan) -> Guard | None:
     """What the model rollouts restore after every step (``--project``, ``--conserve``), or None."""
     name = "conserve" if opts.conserve else "bounds" if opts.project else "none"
-    return named_guard(name, Couplings(g=plan.g_f, K0=plan.K0, eta=plan.eta))
+    return named_guard(name, Couplings(g=plan.g_f, K0=plan.K0, eta=plan.eta), opts.energy_split, plan.snapshot_dt)
 
 
 def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any] | None:
@@ -968,7 +975,8 @@ def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any
     merged = merge_shares(shares)
     identities["data"] = data_identity(ds, opts.split, plan)
     settings = {"steps": plan.steps, "max_lag": plan.max_lag, "batch_size": opts.batch_size, "bf16": opts.bf16,
-                "project": opts.project, "conserve": opts.conserve, "symmetrize": opts.symmetrize,
+                "project": opts.project, "conserve": opts.conserve, "energy_split": opts.energy_split,
+                "symmetrize": opts.symmetrize,
                 "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
     if isinstance(model, Ensemble):
         settings.update(spread_scale=model.spread_scale, trust_fraction=opts.trust_fraction)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,9 @@ from holstein_dist.guards import (
     MIN_MOMENTUM_GAIN,
     Couplings,
     Guard,
+    lattice_energy,
+    lattice_work,
+    named_guard,
     nearest_isospectral,
     project_density_matrix,
     restore_energy,
@@ -182,3 +186,75 @@ def test_a_conserve_stage_unrolls_on_the_windows_invariants_and_still_trains_the
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
     assert train.stage_restore(Stage(epochs=1, n_step=3, noise=0.0), data, *clean) is None  # guard: none
+
+
+def _exact_steps(interval_substeps: int, count: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """``count`` consecutive exact deep-quench intervals of ``interval_substeps`` x 0.01 on the L = 8 ring, as
+    (starts, ends), each a batch of states."""
+    state = physics.evolve(*physics.initial_state(8, 0.0, noise=0.3, seed=3), g=1.0, n_steps=2000, dt=0.01,
+                           backend="numpy")
+    states = [state]
+    for _ in range(count):
+        states.append(physics.evolve(*states[-1], g=1.0, n_steps=interval_substeps, dt=0.01, backend="numpy"))
+    stack = lambda part: tuple(torch.as_tensor(np.stack([s[i] for s in part])) for i in range(3))  # noqa: E731
+    return stack(states[:-1]), stack(states[1:])
+
+
+def test_lattice_work_is_the_exact_lattice_energy_change_to_fourth_order_in_the_interval():
+    errors = []
+    for substeps in (32, 16):
+        before, after = _exact_steps(substeps, 10)
+        work, end_momenta = lattice_work(before, after, COUPLINGS, substeps * 0.01)
+        change = lattice_energy(*after[1:], COUPLINGS) - lattice_energy(*before[1:], COUPLINGS)
+        assert change.abs().mean() > 1e-4  # the lattice does exchange energy over these intervals
+        errors.append(float((work - change).abs().max()))
+        # linear in the end momenta: scaling them by x adds (x - 1) times their term
+        scaled = (*after[:2], 0.5 * after[2])
+        scaled_work = lattice_work(before, scaled, COUPLINGS, substeps * 0.01)[0]
+        torch.testing.assert_close(scaled_work, work - 0.5 * end_momenta)
+    assert errors[1] < 1e-6 and errors[0] / errors[1] > 16, errors
+
+
+def test_work_split_guard_restores_the_invariants_and_splits_the_energy_by_the_work():
+    gen = torch.Generator().manual_seed(12)
+    before, after = _exact_steps(16, 4)
+    start = tuple(s[:1] for s in before)
+    guard = Guard(conserve=COUPLINGS, work_dt=0.16)
+    e0 = physics.energy(*start, g=COUPLINGS.g, K0=COUPLINGS.K0, eta=COUPLINGS.eta)
+    # The exact next state passes (almost) unchanged.
+    exact = tuple(s[:1] for s in after)
+    restored = guard.start(*start)(*exact)
+    for got, want in zip(restored, exact, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # A "model" step that errs on rho and Q and shortens the momenta by 30 %: the spectrum and the total energy come
+    # back, the lattice holds its energy before plus the work over the restored step, and the momenta's length did
+    # not count (the same step with full-length momenta restores to the same state).
+    u = torch.linalg.matrix_exp(0.02j * (lambda h: h + h.mH)(torch.randn(1, 8, 8, generator=gen).to(exact[0].dtype)))
+    r = u @ exact[0] @ u.mH + 1e-3 * torch.randn(1, 8, 8, generator=gen, dtype=torch.float64)
+    q = exact[1] + 0.01 * torch.randn(1, 8, generator=gen, dtype=torch.float64)
+    half = guard.start(*start)(r, q, 0.7 * exact[2])
+    full = guard.start(*start)(r, q, exact[2])
+    for a, b in zip(half, full, strict=True):
+        torch.testing.assert_close(a, b)
+    rho1, q1, p1 = half
+    torch.testing.assert_close(spectrum(rho1), spectrum(start[0]), atol=1e-10, rtol=0)
+    torch.testing.assert_close(physics.energy(rho1, q1, p1, g=COUPLINGS.g, K0=COUPLINGS.K0, eta=COUPLINGS.eta), e0)
+    # (the work is taken before the electrons' shift, which moves the occupations it integrates a little)
+    torch.testing.assert_close(lattice_energy(q1, p1, COUPLINGS),
+                               lattice_energy(*start[1:], COUPLINGS) + lattice_work(start, half, COUPLINGS, 0.16)[0],
+                               rtol=1e-4, atol=0)
+
+
+def test_energy_split_choices():
+    assert named_guard("conserve", COUPLINGS, "work", 2.56) == Guard(conserve=COUPLINGS, work_dt=2.56)
+    assert named_guard("conserve", COUPLINGS) == Guard(conserve=COUPLINGS)
+    with pytest.raises(ValueError, match="energy split is 'heat'"):
+        named_guard("conserve", COUPLINGS, "heat", 2.56)
+    with pytest.raises(ValueError, match="belongs to the guard conserve"):
+        named_guard("bounds", COUPLINGS, "work", 2.56)
+    with pytest.raises(ValueError, match="needs --conserve"):
+        Guard(work_dt=2.56)
+    with pytest.raises(ValueError, match="needs guard: conserve"):
+        Stage(epochs=1, n_step=2, noise=0.0, energy_split="work")
+    with pytest.raises(ValueError, match="choose one of momenta, work"):
+        Stage(epochs=1, n_step=2, noise=0.0, guard="conserve", energy_split="heat")
