@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from holstein_dist.physics import commutator_h, energy, hamiltonian
+from holstein_dist.physics import ENERGY_SPLITS, commutator_h, energy, hamiltonian
 
 State = tuple[Tensor, Tensor, Tensor]
 
@@ -239,12 +239,6 @@ def restore_energy_by_work(before: State, rho: Tensor, Q: Tensor, P: Tensor, tar
     rest = energy(rho128, Q64, P64, g=c.g, K0=c.K0, eta=c.eta)
     rho128 = shift_electronic_energy(rho128, Q64, target - rest, c)
     return rho128.to(rho.dtype), P64.to(P.dtype)
-
-
-ENERGY_SPLITS = ("momenta", "work")
-"""How ``conserve`` puts a step back on the energy shell: ``momenta`` (:func:`restore_energy`, the lattice momenta
-take the step's whole error) or ``work`` (:func:`restore_energy_by_work`, the lattice keeps what the electrons' work
-gave it and the electrons take the rest)."""
 
 
 @dataclasses.dataclass(frozen=True)

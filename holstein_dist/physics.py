@@ -565,6 +565,13 @@ def derivatives(rho, Q, P, *, g: float, K0: float = K0_DEFAULT, eta: float = ETA
     return rhs(rho, Q, P, g=g, K0=K0, eta=eta)
 
 
+ENERGY_SPLITS = ("momenta", "work")
+"""How a rollout guard that conserves the total energy (``evaluate --conserve``) shares each step's energy error
+between the subsystems: ``momenta`` (the lattice momenta are rescaled to the total, so they take all of it) or
+``work`` (the lattice keeps the energy the electrons' work over the step gave it, the electrons hold the rest):
+:mod:`holstein_dist.guards`."""
+
+
 def energy(rho, Q, P, *, g: float, K0: float = K0_DEFAULT, eta: float = ETA_DEFAULT):
     """Conserved total energy ``Re Tr(h rho) + (g/2) sum Q + K0/(2 eta) sum (P^2 + Q^2)`` (any batch)."""
     ops = _ops(rho)

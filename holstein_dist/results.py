@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from holstein_dist.metrics import ORDER_KEYS, RMSE_COMPONENTS
-from holstein_dist.physics import STATE_KEYS
+from holstein_dist.physics import ENERGY_SPLITS, STATE_KEYS
 from hpc.cli import ArgumentParser, report_error
 from hpc.files import atomic_write_text
 
@@ -447,6 +447,12 @@ def write_curve(rows: Sequence[Mapping[str, float]], out: str | Path) -> None:
     atomic_write_text(buf.getvalue(), out)
 
 
+def guard_flags(args: Any) -> list[str]:
+    """evaluate's rollout-guard flags that ``rollout-curve`` / ``calibrate`` pass on to every candidate."""
+    flags = [flag for flag, on in (("--project", getattr(args, "project", False)), ("--conserve", args.conserve)) if on]
+    return flags + (["--energy-split", args.energy_split] if args.energy_split != "momenta" else [])
+
+
 def calibrate_command(args: Any) -> None:
     """``calibrate``: one model file, or every member of an ensemble directory (``--export`` is then a new
     ensemble directory whose members are the calibrated models; evaluate it like the original)."""
@@ -455,7 +461,7 @@ def calibrate_command(args: Any) -> None:
 
     work = args.work or args.out.with_suffix("")
     grid = (args.data, args.split, args.steps, args.at)
-    guard_args = ["--conserve"] if args.conserve else []
+    guard_args = guard_flags(args)
     if not is_ensemble(args.model):
         rows = calibrate_increments(args.model, *grid, work, args.span, args.points, args.score, args.symmetrize,
                                     guard_args, args.components)
@@ -544,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "autocorrelation error, half each")
     rollouts.add_argument("--project", action="store_true", help="evaluate with evaluate --project")
     rollouts.add_argument("--conserve", action="store_true", help="evaluate with evaluate --conserve")
+    rollouts.add_argument("--energy-split", choices=ENERGY_SPLITS, default="momenta",
+                          help="with --conserve: evaluate with evaluate --energy-split")
     rollouts.add_argument("--symmetrize", action="store_true", help="evaluate with evaluate --symmetrize")
     average = sub.add_parser("average", help="average the weights of checkpoints of one run into one model file")
     average.add_argument("checkpoints", nargs="+", type=Path, help="step-*.pt files (or run dirs) of one run")
@@ -569,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("--conserve", action="store_true",
                      help="fit the factor on rollouts with evaluate --conserve (not stored in the export: evaluate it "
                           "with --conserve too)")
+    cal.add_argument("--energy-split", choices=ENERGY_SPLITS, default="momenta",
+                     help="with --conserve: fit on rollouts with evaluate --energy-split (evaluate the export so too)")
     cal.add_argument("--components", choices=list(COMPONENT_GROUPS), default="all",
                      help="which increments the factor scales: all (the model's rate), electrons (rho) or lattice "
                           "(Q and P; fits the lattice's rate against the electrons')")
@@ -615,8 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             work = args.work or args.out.with_suffix("")
             rows = rollout_curve(args.run_dir, args.data, args.split, args.steps, args.at, work, args.score,
-                                 [flag for flag, on in (("--project", args.project), ("--conserve", args.conserve),
-                                                        ("--symmetrize", args.symmetrize)) if on])
+                                 guard_flags(args) + (["--symmetrize"] if args.symmetrize else []))
             write_curve(rows, args.out)
             best = best_row(rows)
             print(f"lowest long-rollout score on {args.split}: step {int(best['step'])} (score {best['score']:.3f})")

@@ -247,13 +247,14 @@ def test_calibrate_scores_a_grid_of_factors_and_exports_the_best(tiny_run, tiny_
                          "--export", str(sym)]) == 0
     assert load_model(sym).config.symmetrize is True
     assert results.read_report(tmp_path / "sym" / "factor-1.000000")["checkpoint"]["model_config"]["symmetrize"]
-    # --conserve: every candidate is rolled out with the guard (it is evaluate's, not the model's).
+    # --conserve (here with the work split): every candidate is rolled out with the guard (evaluate's, not the model's).
     assert results.main(["calibrate", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",
                          "--at", "1", "6", "--span", "0.1", "--points", "3", "--conserve", "--score", "climate",
-                         "--work", str(tmp_path / "cons"), "--out", str(tmp_path / "cons.csv"),
-                         "--export", str(tmp_path / "cons.pt")]) == 0
+                         "--energy-split", "work", "--work", str(tmp_path / "cons"),
+                         "--out", str(tmp_path / "cons.csv"), "--export", str(tmp_path / "cons.pt")]) == 0
     candidates = sorted(p for p in (tmp_path / "cons").glob("factor-*") if p.is_dir())
-    assert len(candidates) > 3 and all(results.read_report(p)["settings"]["conserve"] for p in candidates)
+    settings = [results.read_report(p)["settings"] for p in candidates]
+    assert len(candidates) > 3 and all(s["conserve"] and s["energy_split"] == "work" for s in settings)
     # --components lattice: the factor scales Q's and P's increments only, in every candidate and the export.
     lattice = tmp_path / "lattice.pt"
     assert results.main(["calibrate", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",
