@@ -111,6 +111,7 @@ deep_data() {
   PARENT_WORK=${PARENT_WORK:-$ROOT/experiments/deep_L32/work}
   DATA=$PARENT_WORK/data
   VAL=(--data "$DATA" --split val --steps 500)
+  GUARD=(--conserve)  # the rollout guard every deep validation uses (an experiment may add --energy-split work)
   cd "$ROOT"
   stage generate "$PY" -m holstein_dist.generate --config experiments/deep_L32/data.yaml --out "$DATA" --workers 2
 }
@@ -135,11 +136,20 @@ evaluate_2ranks() {
 
 # Rounds of guarded deep training (experiments/deep_L32/guarded_training, long_unroll). They read HERE (the
 # experiment), WORK, DATA and VAL (the validation flags: --data, --split, --steps): each run's checkpoints are read
-# with --conserve on validation, each run keeps its best by the climate score, and reports land in $HERE/val/NAME.
+# with the guard (GUARD, --conserve) on validation, each run keeps its best by the climate score, and reports land
+# in $HERE/val/NAME.
 validate() {  # validate NAME CHECKPOINT: a guarded validation report, kept in val/NAME
   stage "val_$1" "$PY" -m holstein_dist.evaluate --checkpoint "$2" "${VAL[@]}" --baseline-steps 0 --no-plots \
-    --conserve --out "$WORK/val_$1"
+    "${GUARD[@]}" --out "$WORK/val_$1"
   mkdir -p "$HERE/val/$1" && cp "$WORK/val_$1/report.json" "$HERE/val/$1/"
+}
+select_run() {  # select_run RUN: the run's checkpoints read under the guard on validation; its best kept and validated
+  local run=$1
+  stage "curve_$run" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_$run" "${VAL[@]}" --at 1 10 100 \
+    --score climate "${GUARD[@]}" --out "$HERE/rollout_curve_${run}_conserve.csv" --work "$WORK/curve_$run" \
+    --export "$WORK/${run}_best.pt"
+  "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
+  validate "$run" "$WORK/${run}_best.pt"
 }
 train_round() {  # train_round INIT RUN...: the runs side by side from INIT, then each one's best checkpoint
   local init=$1 run; shift
@@ -148,13 +158,7 @@ train_round() {  # train_round INIT RUN...: the runs side by side from INIT, the
       data="$DATA" run_dir="$WORK/run_$run" init_from="$init"
   done
   wait_background
-  for run in "$@"; do
-    stage "curve_$run" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_$run" "${VAL[@]}" --at 1 10 100 \
-      --score climate --conserve --out "$HERE/rollout_curve_${run}_conserve.csv" --work "$WORK/curve_$run" \
-      --export "$WORK/${run}_best.pt"
-    "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
-    validate "$run" "$WORK/${run}_best.pt"
-  done
+  for run in "$@"; do select_run "$run"; done
 }
 # best_of and val_table read the reports in $HERE/${REPORTS:-val}/NAME; val_table's last step is ${LAST_STEP:-500}.
 ranked() {  # ranked NAME...: the names, lowest climate score of their validation reports first

@@ -11,7 +11,9 @@ Two guards, applied after every model step of a rollout (and of unrolled trainin
   with that spectrum (:func:`nearest_isospectral`). The total energy is conserved: the lattice momenta are
   then rescaled so that it equals the initial one (:func:`restore_energy`, a velocity-rescaling step). The
   momenta change by a bounded factor per step; where the electrons hold more energy than the lattice can give
-  at its floor, they give up the rest along rho's isospectral orbit (:func:`shift_electronic_energy`).
+  at its floor, they give up the rest along rho's isospectral orbit (:func:`shift_electronic_energy`). With the
+  energy split ``work`` (``evaluate --energy-split work``) the lattice instead keeps the energy the electrons' work
+  over the step gave it and the electrons hold the rest of the shell (:func:`restore_energy_by_work`).
 
 Why the second exists, measured on the deep L = 32 validation set (experiments/deep_L32/conserve): a
 single-step-trained PARC loses the lattice's kinetic energy step after step (it ends 67x too cold and its

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Deep quench, L = 32: who takes a guarded step's energy error. The chosen deep model (../long_unroll/model.pt, the
+# guard-trained model's increments x0.95) scores 0.112 / 0.111 on 256 test trajectories against the target <= 0.1;
+# its rollouts keep the lattice at its initial temperature, where the truth's cools by ~30 % over 1000 steps, and
+# its order parameters swing ~10 % too slowly. Its guard (evaluate --conserve) rescales the momenta after every
+# step, so the lattice takes each step's whole energy error. With --energy-split work the lattice instead keeps the
+# energy the electrons' work over the step gave it (guards.restore_energy_by_work) and the electrons hold the rest.
+#   0. the chosen model and its parent rolled out so, as they are (16 validation trajectories x 500 steps);
+#   1. two 1,000-step runs of the guard-trained recipe with the work split in training (work_n8.yaml), one from
+#      each, side by side, one core each; every checkpoint read with the work split on the same validation set;
+#   2. the better run's best on the 64 extra validation trajectories x 1000 steps (2 ranks), beside the chosen
+#      model's report there (../long_unroll/val64/parent_x0.95); on the 256 validation trajectories of ../rates
+#      and then the 256 test trajectories of ../test256 only where it beats the chosen model on the set before.
+#   bash experiments/deep_L32/work_split/run.sh    (~1 h 30 min on 2 CPU cores once the deep data sets exist)
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/../../lib.sh"
+deep_data
+deep_val64
+GUARD=(--conserve --energy-split work)
+CHOSEN_MODEL=$HERE/../long_unroll/model.pt
+validate chosen_as_is "$CHOSEN_MODEL"
+validate parent_as_is "$HERE/../guarded_training/model.pt"
+
+RUNS=(from_parent from_chosen)
+declare -A INIT=([from_parent]=$HERE/../guarded_training/model.pt [from_chosen]=$CHOSEN_MODEL)
+for run in "${RUNS[@]}"; do
+  OMP_NUM_THREADS=1 in_background "train_$run" "$PY" -m holstein_dist.train --config "$HERE/work_n8.yaml" \
+    data="$DATA" run_dir="$WORK/run_$run" init_from="${INIT[$run]}"
+done
+wait_background
+for run in "${RUNS[@]}"; do select_run "$run"; done
+val_table "$HERE/results_val.md" chosen_as_is parent_as_is "${RUNS[@]}"
+BEST=$(best_of "${RUNS[@]}")
+echo "chosen on the 16 validation trajectories: $BEST"
+
+# Ranked against the chosen deep model on the larger validation sets (climate score: lower is better).
+score() { "$PY" -m holstein_dist.results score --score climate "$1" | awk '{print $1}'; }
+beats() { "$PY" -c 'import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))' "$(score "$1")" "$(score "$2")"; }
+evaluate_2ranks "val64_$BEST" "$WORK/val64_$BEST" --checkpoint "$WORK/${BEST}_best.pt" --data "$VAL64_DATA" \
+  --split val --baseline-steps 0 --no-plots "${GUARD[@]}"
+mkdir -p "$HERE/val64/$BEST" && cp "$WORK/val64_$BEST/report.json" "$HERE/val64/$BEST/"
+"$PY" -m holstein_dist.results table "$HERE/../long_unroll/val64/parent_x0.95/report.json" \
+  "$HERE/val64/$BEST/report.json" --names "chosen deep model (momenta split)" "$BEST (work split)" \
+  --steps 1 1000 | tee "$HERE/results_val64.md"
+if beats "$HERE/val64/$BEST/report.json" "$HERE/../long_unroll/val64/parent_x0.95/report.json"; then
+  VAL256=${VAL256_DATA:-$PARENT_WORK/data_val256}
+  stage generate_val256 "$PY" -m holstein_dist.generate --config "$HERE/../rates/data_val256.yaml" --out "$VAL256" \
+    --workers 2
+  evaluate_2ranks "val256_$BEST" "$WORK/val256_$BEST" --checkpoint "$WORK/${BEST}_best.pt" --data "$VAL256" \
+    --split val --baseline-steps 0 --no-plots "${GUARD[@]}"
+  mkdir -p "$HERE/val256/$BEST" && cp "$WORK/val256_$BEST/report.json" "$HERE/val256/$BEST/"
+  ONE_RATE_VAL256=$HERE/../rates/val256/electrons0.95_lattice0.95/report.json
+  "$PY" -m holstein_dist.results table "$ONE_RATE_VAL256" "$HERE/val256/$BEST/report.json" \
+    --names "chosen deep model (momenta split)" "$BEST (work split)" --steps 1 1000 | tee "$HERE/results_val256.md"
+  if beats "$HERE/val256/$BEST/report.json" "$ONE_RATE_VAL256"; then
+    TEST256=${TEST256_DATA:-$WORK/data_test256}
+    stage generate_test256 "$PY" -m holstein_dist.generate --config "$HERE/../test256/data_test256.yaml" \
+      --out "$TEST256" --workers 2
+    export_model "$WORK/${BEST}_best.pt" "$HERE/model.pt"
+    evaluate_2ranks test_chosen "$WORK/test_chosen" --checkpoint "$HERE/model.pt" --data "$TEST256" --split test \
+      "${GUARD[@]}" --baseline-steps 100
+    keep_results "$WORK/test_chosen" "$HERE/test_chosen"
+    "$PY" -m holstein_dist.results table "$HERE/../test256/test_chosen/report.json" "$HERE/test_chosen/report.json" \
+      --names "chosen deep model (momenta split)" "$BEST (work split)" --steps 1 10 100 1000 \
+      | tee "$HERE/results.md"
+  fi
+fi
+write_times "$HERE/wall_times.json"
