@@ -245,6 +245,25 @@ def test_work_split_guard_restores_the_invariants_and_splits_the_energy_by_the_w
                                rtol=1e-4, atol=0)
 
 
+def test_work_split_guard_falls_back_to_the_momenta_where_the_electrons_cannot_reach_the_shell():
+    """Steps with rho turned far from the exact one (by 0.3-1 radian): the work estimate is far off too and the
+    electrons' shift (at most a radian a step) cannot take the difference; such a step is restored as the momenta
+    split restores it, so the work split keeps the shell wherever the momenta split does."""
+    gen = torch.Generator().manual_seed(1)
+    before, after = _exact_steps(16, 1)
+    start, exact = tuple(s[:1] for s in before), tuple(s[:1] for s in after)
+    for angle in (0.1, 0.3, 1.0):
+        h = torch.randn(1, 8, 8, generator=gen, dtype=torch.float64).to(torch.complex128)
+        u = torch.linalg.matrix_exp(1j * angle * (h + h.mH))
+        step = (u @ exact[0] @ u.mH, *exact[1:])
+        work = Guard(conserve=COUPLINGS, work_dt=0.16).start(*start)(*step)
+        momenta = Guard(conserve=COUPLINGS).start(*start)(*step)
+        e_work, e_momenta = (physics.energy(*s, g=COUPLINGS.g, K0=COUPLINGS.K0, eta=COUPLINGS.eta)
+                             for s in (work, momenta))
+        torch.testing.assert_close(e_work, e_momenta)
+        torch.testing.assert_close(spectrum(work[0]), spectrum(start[0]), atol=1e-10, rtol=0)
+
+
 def test_energy_split_choices():
     assert named_guard("conserve", COUPLINGS, "work", 2.56) == Guard(conserve=COUPLINGS, work_dt=2.56)
     assert named_guard("conserve", COUPLINGS) == Guard(conserve=COUPLINGS)
