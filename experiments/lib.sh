@@ -151,14 +151,20 @@ select_run() {  # select_run RUN: the run's checkpoints read under the guard on 
   "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
   validate "$run" "$WORK/${run}_best.pt"
 }
-train_round() {  # train_round INIT RUN...: the runs side by side from INIT, then each one's best checkpoint
-  local init=$1 run; shift
-  for run in "$@"; do
-    OMP_NUM_THREADS=1 in_background "train_$run" "$PY" -m holstein_dist.train --config "$HERE/$run.yaml" \
+train_beside() {  # train_beside RUN:CONFIG:INIT...: the runs side by side (one core each), then each one's best checkpoint
+  local spec run config init
+  for spec in "$@"; do
+    IFS=: read -r run config init <<< "$spec"
+    OMP_NUM_THREADS=1 in_background "train_$run" "$PY" -m holstein_dist.train --config "$config" \
       data="$DATA" run_dir="$WORK/run_$run" init_from="$init"
   done
   wait_background
-  for run in "$@"; do select_run "$run"; done
+  for spec in "$@"; do select_run "${spec%%:*}"; done
+}
+train_round() {  # train_round INIT RUN...: the runs ($HERE/RUN.yaml) side by side from INIT, then each one's best
+  local init=$1 run specs=(); shift
+  for run in "$@"; do specs+=("$run:$HERE/$run.yaml:$init"); done
+  train_beside "${specs[@]}"
 }
 # best_of and val_table read the reports in $HERE/${REPORTS:-val}/NAME; val_table's last step is ${LAST_STEP:-500}.
 ranked() {  # ranked NAME...: the names, lowest climate score of their validation reports first

@@ -23,13 +23,8 @@ validate chosen_as_is "$CHOSEN_MODEL"
 validate parent_as_is "$HERE/../guarded_training/model.pt"
 
 RUNS=(from_parent from_chosen)
-declare -A INIT=([from_parent]=$HERE/../guarded_training/model.pt [from_chosen]=$CHOSEN_MODEL)
-for run in "${RUNS[@]}"; do
-  OMP_NUM_THREADS=1 in_background "train_$run" "$PY" -m holstein_dist.train --config "$HERE/work_n8.yaml" \
-    data="$DATA" run_dir="$WORK/run_$run" init_from="${INIT[$run]}"
-done
-wait_background
-for run in "${RUNS[@]}"; do select_run "$run"; done
+train_beside "from_parent:$HERE/work_n8.yaml:$HERE/../guarded_training/model.pt" \
+  "from_chosen:$HERE/work_n8.yaml:$CHOSEN_MODEL"
 val_table "$HERE/results_val.md" chosen_as_is parent_as_is "${RUNS[@]}"
 BEST=$(best_of "${RUNS[@]}")
 echo "chosen on the 16 validation trajectories: $BEST"
