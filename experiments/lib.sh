@@ -134,6 +134,15 @@ evaluate_2ranks() {
     -m holstein_dist.evaluate "$@" --out "$out"
 }
 
+# validate_2ranks SET NAME CHECKPOINT DATA ARGS...: CHECKPOINT on DATA's validation split (all stored steps, no baseline
+# timing, no plots) by evaluate_2ranks, its report kept in $HERE/SET/NAME for ranked, best_of and val_table.
+validate_2ranks() {
+  local set=$1 name=$2 checkpoint=$3 data=$4; shift 4
+  evaluate_2ranks "${set}_$name" "$WORK/${set}_$name" --checkpoint "$checkpoint" --data "$data" --split val \
+    --baseline-steps 0 --no-plots "$@"
+  mkdir -p "$HERE/$set/$name" && cp "$WORK/${set}_$name/report.json" "$HERE/$set/$name/"
+}
+
 # Rounds of guarded deep training (experiments/deep_L32/guarded_training, long_unroll). They read HERE (the
 # experiment), WORK, DATA and VAL (the validation flags: --data, --split, --steps): each run's checkpoints are read
 # with the guard (GUARD, --conserve) on validation, each run keeps its best by the climate score, and reports land

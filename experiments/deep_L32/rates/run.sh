@@ -25,9 +25,7 @@ for electrons in 0.95 1.0 1.05; do
     CANDIDATES+=("$name")
     "$PY" -m holstein_dist.results scale "$PARENT" --electrons "$electrons" --lattice "$lattice" \
       --out "$WORK/${name}_best.pt"
-    evaluate_2ranks "val64_$name" "$WORK/val64_$name" --checkpoint "$WORK/${name}_best.pt" --data "$VAL64_DATA" \
-      --split val --baseline-steps 0 --no-plots --conserve
-    mkdir -p "$HERE/val64/$name" && cp "$WORK/val64_$name/report.json" "$HERE/val64/$name/"
+    validate_2ranks val64 "$name" "$WORK/${name}_best.pt" "$VAL64_DATA" --conserve
   done
 done
 REPORTS=val64 LAST_STEP=1000 val_table "$HERE/results_val64.md" "${CANDIDATES[@]}"
@@ -50,9 +48,7 @@ VAL256=${VAL256_DATA:-$PARENT_WORK/data_val256}
 stage generate_val256 "$PY" -m holstein_dist.generate --config "$HERE/data_val256.yaml" --out "$VAL256" --workers 2
 mapfile -t TOP2 < <(REPORTS=val64 ranked "${CANDIDATES[@]}" | sed -n 1,2p)
 for name in "${TOP2[@]}"; do
-  evaluate_2ranks "val256_$name" "$WORK/val256_$name" --checkpoint "$WORK/${name}_best.pt" --data "$VAL256" \
-    --split val --baseline-steps 0 --no-plots --conserve
-  mkdir -p "$HERE/val256/$name" && cp "$WORK/val256_$name/report.json" "$HERE/val256/$name/"
+  validate_2ranks val256 "$name" "$WORK/${name}_best.pt" "$VAL256" --conserve
 done
 REPORTS=val256 LAST_STEP=1000 val_table "$HERE/results_val256.md" "${TOP2[@]}"
 FINAL=$(REPORTS=val256 best_of "${TOP2[@]}")

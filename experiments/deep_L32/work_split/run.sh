@@ -40,9 +40,7 @@ for factor in 0.95 0.9; do
   PICKS+=("${BEST}_x$factor")
 done
 for name in "${PICKS[@]}"; do
-  evaluate_2ranks "val64_$name" "$WORK/val64_$name" --checkpoint "$WORK/${name}_best.pt" --data "$VAL64_DATA" \
-    --split val --baseline-steps 0 --no-plots "${GUARD[@]}"
-  mkdir -p "$HERE/val64/$name" && cp "$WORK/val64_$name/report.json" "$HERE/val64/$name/"
+  validate_2ranks val64 "$name" "$WORK/${name}_best.pt" "$VAL64_DATA" "${GUARD[@]}"
 done
 REPORTS64=()
 for name in "${PICKS[@]}"; do REPORTS64+=("$HERE/val64/$name/report.json"); done
@@ -54,9 +52,7 @@ if beats "$HERE/val64/$BEST/report.json" "$HERE/../long_unroll/val64/parent_x0.9
   VAL256=${VAL256_DATA:-$PARENT_WORK/data_val256}
   stage generate_val256 "$PY" -m holstein_dist.generate --config "$HERE/../rates/data_val256.yaml" --out "$VAL256" \
     --workers 2
-  evaluate_2ranks "val256_$BEST" "$WORK/val256_$BEST" --checkpoint "$WORK/${BEST}_best.pt" --data "$VAL256" \
-    --split val --baseline-steps 0 --no-plots "${GUARD[@]}"
-  mkdir -p "$HERE/val256/$BEST" && cp "$WORK/val256_$BEST/report.json" "$HERE/val256/$BEST/"
+  validate_2ranks val256 "$BEST" "$WORK/${BEST}_best.pt" "$VAL256" "${GUARD[@]}"
   ONE_RATE_VAL256=$HERE/../rates/val256/electrons0.95_lattice0.95/report.json
   "$PY" -m holstein_dist.results table "$ONE_RATE_VAL256" "$HERE/val256/$BEST/report.json" \
     --names "chosen deep model (momenta split)" "$BEST (work split)" --steps 1 1000 | tee "$HERE/results_val256.md"
