@@ -6,6 +6,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 REFERENCE=${HOLSTEIN_REFERENCE:-$ROOT/../shared/reference/pretrained}
+DEEP=$ROOT/experiments/deep_L32
 TIMES=()
 
 # stage NAME COMMAND...: run one stage, record its wall time (seconds) for wall_times.json
@@ -95,12 +96,11 @@ shallow_single_step() {
 # Sets DATA (the deep set of ../run.sh) and MOTION_WORK (lattice_motion's work directory), and runs lattice_motion's
 # run.sh first when its last training (the noise-5e-3 run, so all three) has not finished there.
 needs_lattice_motion() {
-  local deep=$ROOT/experiments/deep_L32
-  PARENT_WORK=${PARENT_WORK:-$deep/work}
-  MOTION_WORK=${MOTION_WORK:-$deep/lattice_motion/work}
+  PARENT_WORK=${PARENT_WORK:-$DEEP/work}
+  MOTION_WORK=${MOTION_WORK:-$DEEP/lattice_motion/work}
   DATA=$PARENT_WORK/data
   [ -f "$MOTION_WORK/run_continue_noise5e-3/checkpoints/step-00006000.pt" ] || \
-    WORK=$MOTION_WORK PARENT_WORK=$PARENT_WORK bash "$deep/lattice_motion/run.sh"
+    WORK=$MOTION_WORK PARENT_WORK=$PARENT_WORK bash "$DEEP/lattice_motion/run.sh"
 }
 
 # deep_data: the deep L = 32 experiments' common start on ../run.sh's data set (experiments/deep_L32/work/data unless
@@ -202,4 +202,37 @@ test_beside_parent() {  # test_beside_parent NAME: NAME's best exported as model
   done
   "$PY" -m holstein_dist.results table "$HERE"/test_{parent,chosen}/report.json \
     --names "parent + --conserve" "$1 + --conserve" --steps 1 10 100 1000 | tee "$HERE/results.md"
+}
+
+# Promoting a deep candidate past the chosen deep model (experiments/deep_L32/long_unroll/model.pt), one larger set
+# at a time, each only where the candidate's climate score beats the chosen model's on the set before: the 64 extra
+# validation trajectories (val64/), the 256 validation trajectories of rates/ (val256/) and the 256 test trajectories
+# of test256/, whose report and model.pt are kept beside the script.
+CHOSEN_VAL64=$DEEP/long_unroll/val64/parent_x0.95/report.json
+CHOSEN_VAL256=$DEEP/rates/val256/electrons0.95_lattice0.95/report.json
+CHOSEN_TEST256=$DEEP/test256/test_chosen/report.json
+beats() {  # beats REPORT OTHER: REPORT's climate score (lower is better) is below OTHER's
+  "$PY" -c 'import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))' \
+    "$("$PY" -m holstein_dist.results score --score climate "$1" | awk '{print $1}')" \
+    "$("$PY" -m holstein_dist.results score --score climate "$2" | awk '{print $1}')"
+}
+promote() {  # promote NAME LABEL GUARD...: $WORK/${NAME}_best.pt, with its val64/NAME report, on to val256 and test256
+  local name=$1 label=$2; shift 2
+  beats "$HERE/val64/$name/report.json" "$CHOSEN_VAL64" || { echo "$name does not beat the chosen model on val64"; return 0; }
+  local val256=${VAL256_DATA:-$PARENT_WORK/data_val256}
+  stage generate_val256 "$PY" -m holstein_dist.generate --config "$DEEP/rates/data_val256.yaml" --out "$val256" \
+    --workers 2
+  validate_2ranks val256 "$name" "$WORK/${name}_best.pt" "$val256" "$@"
+  "$PY" -m holstein_dist.results table "$CHOSEN_VAL256" "$HERE/val256/$name/report.json" \
+    --names "chosen deep model (momenta split)" "$name ($label)" --steps 1 1000 | tee "$HERE/results_val256.md"
+  beats "$HERE/val256/$name/report.json" "$CHOSEN_VAL256" || { echo "$name does not beat the chosen model on val256"; return 0; }
+  local test256=${TEST256_DATA:-$WORK/data_test256}
+  stage generate_test256 "$PY" -m holstein_dist.generate --config "$DEEP/test256/data_test256.yaml" \
+    --out "$test256" --workers 2
+  export_model "$WORK/${name}_best.pt" "$HERE/model.pt"
+  evaluate_2ranks test_chosen "$WORK/test_chosen" --checkpoint "$HERE/model.pt" --data "$test256" --split test \
+    "$@" --baseline-steps 100
+  keep_results "$WORK/test_chosen" "$HERE/test_chosen"
+  "$PY" -m holstein_dist.results table "$CHOSEN_TEST256" "$HERE/test_chosen/report.json" \
+    --names "chosen deep model (momenta split)" "$name ($label)" --steps 1 10 100 1000 | tee "$HERE/results.md"
 }

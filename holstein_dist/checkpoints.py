@@ -29,7 +29,6 @@ import torch
 
 from holstein_dist.config import from_dict
 from holstein_dist.model import ModelConfig, Surrogate, build_model, increment_factors, unwrap
-from holstein_dist.physics import STATE_KEYS
 from hpc import checkpoint as ckpt
 
 FORMAT = "holstein-dist/2"
@@ -65,7 +64,7 @@ def model_payload(model: torch.nn.Module, signature: Mapping[str, Any]) -> dict[
     core = unwrap(model)
     if not isinstance(core, Surrogate):
         raise TypeError(f"model_payload needs a SimpleCNN or PARC, got {type(core).__name__}")
-    return {
+    payload = {
         "format": FORMAT,
         "model_config": dataclasses.asdict(core.config),
         "scales": dict(core.scales),
@@ -73,6 +72,10 @@ def model_payload(model: torch.nn.Module, signature: Mapping[str, Any]) -> dict[
         # Copies, so a checkpoint written in the background is not changed by the next optimizer step.
         "model": {k: v.detach().to("cpu", copy=True) for k, v in core.state_dict().items()},
     }
+    factors = core.increment_factors
+    if any(value != 1.0 for value in factors.values()):  # one number while every component has had the same
+        payload["increment_factor"] = factors["rho"] if len(set(factors.values())) == 1 else dict(factors)
+    return payload
 
 
 def export_model(source: str | Path, out: str | Path) -> Path:
@@ -144,12 +147,7 @@ def scale_increments(source: str | Path, factor: float | Mapping[str, float], ou
     if symmetrize:
         model.symmetrize()
     model.scale_increments(factors)
-    scaled = model_payload(model, payload["data_signature"])
-    before = increment_factors(payload.get("increment_factor", 1.0))
-    total = {key: before[key] * factors[key] for key in STATE_KEYS}
-    uniform = len(set(total.values())) == 1
-    scaled["increment_factor"] = total["rho"] if uniform else total
-    ckpt.atomic_save(scaled, out)
+    ckpt.atomic_save(model_payload(model, payload["data_signature"]), out)
     return Path(out)
 
 
@@ -268,6 +266,7 @@ def _model_from(payload: Mapping[str, Any], path: Path) -> Surrogate:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"checkpoint {str(path)!r}: {exc}") from None
     load_state(model, payload["model"], path)
+    model.increment_factors = increment_factors(payload.get("increment_factor", 1.0))  # a record: the weights have it
     return model
 
 

@@ -13,7 +13,7 @@ import bisect
 import dataclasses
 import math
 
-from holstein_dist.guards import ENERGY_SPLITS, GUARD_NAMES
+from holstein_dist.guards import ENERGY_SPLITS, GUARD_NAMES, check_work_share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,9 @@ class Stage:
     """With ``guard: conserve``, who takes each unrolled step's energy error, as ``evaluate --energy-split``:
     ``momenta`` (the lattice momenta rescaled to the total energy) or ``work`` (the lattice keeps what the
     electrons' work over the step gave it; :func:`holstein_dist.guards.restore_energy_by_work`)."""
+    work_share: float = 1.0
+    """With ``energy_split: work``, the share of the lattice's target energy taken from the work, the rest as the
+    momenta split sets it (``evaluate --work-share``)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.n_step < 1 or self.epoch_multiplier < 1:
@@ -72,6 +75,7 @@ class Stage:
         if self.energy_split != "momenta" and self.guard != "conserve":
             raise ValueError(f"stage energy_split {self.energy_split!r} needs guard: conserve (it is {self.guard!r}); "
                              "set guard: conserve or drop energy_split")
+        check_work_share(self.work_share, self.energy_split == "work", "stage work_share")
 
 
 @dataclasses.dataclass(frozen=True)

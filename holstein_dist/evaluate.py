@@ -127,6 +127,9 @@ class Options:
         "with --conserve, who takes each step's energy error: momenta (the lattice momenta are rescaled to the "
         "total energy) or work (the lattice keeps the energy the electrons' work over the step gave it, the "
         "electrons hold the rest)", "momenta")
+    work_share: float = flag_field(
+        "with --energy-split work, the share of the lattice's energy after each step taken from the work; the rest "
+        "as the momenta split sets it (1: the work split alone)", 1.0)
     symmetrize: bool = flag_field("average every model step over the ring's reflection and particle-hole symmetries "
                                   "(exact equivariance, 4x the network cost; no retraining, any model)", False)
     truth_only: bool = flag_field("no model: ground-truth statistics and the exact simulator's timing only", False)
@@ -158,6 +161,10 @@ class Options:
         if self.energy_split != "momenta" and not self.conserve:
             raise UserError(f"--energy-split {self.energy_split} chooses how --conserve restores the energy; "
                             "add --conserve or drop --energy-split")
+        try:
+            physics.check_work_share(self.work_share, self.energy_split == "work", "--work-share")
+        except ValueError as err:
+            raise UserError(str(err)) from None
         if self.project and self.conserve:
             raise UserError("--project and --conserve are exclusive (--conserve keeps rho's whole initial spectrum, "
                             "which implies --project's bounds); pass one of them")
@@ -957,7 +964,8 @@ def load_surrogate(opts: Options, plan: Plan, device: torch.device) -> tuple[Sur
 def rollout_guard(opts: Options, plan: Plan) -> Guard | None:
     """What the model rollouts restore after every step (``--project``, ``--conserve``), or None."""
     name = "conserve" if opts.conserve else "bounds" if opts.project else "none"
-    return named_guard(name, Couplings(g=plan.g_f, K0=plan.K0, eta=plan.eta), opts.energy_split, plan.snapshot_dt)
+    return named_guard(name, Couplings(g=plan.g_f, K0=plan.K0, eta=plan.eta), opts.energy_split, plan.snapshot_dt,
+                       opts.work_share)
 
 
 def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any] | None:
@@ -976,6 +984,7 @@ def evaluate(opts: Options, env: DistEnv, device: torch.device) -> dict[str, Any
     identities["data"] = data_identity(ds, opts.split, plan)
     settings = {"steps": plan.steps, "max_lag": plan.max_lag, "batch_size": opts.batch_size, "bf16": opts.bf16,
                 "project": opts.project, "conserve": opts.conserve, "energy_split": opts.energy_split,
+                "work_share": opts.work_share,
                 "symmetrize": opts.symmetrize,
                 "divergence_factor": DIVERGENCE_FACTOR, "baseline_steps": plan.baseline_steps}
     if isinstance(model, Ensemble):

@@ -242,6 +242,9 @@ class Surrogate(nn.Module, abc.ABC):
         super().__init__()
         self.config = cfg
         self.scales = {key: float(scales[key]) for key in SCALE_KEYS}
+        self.increment_factors = dict.fromkeys(STATE_KEYS, 1.0)
+        """The product of every factor :meth:`scale_increments` applied (already in the weights): a record that
+        files keep as ``increment_factor`` and fine-tunes (``init_from``) inherit."""
 
     @abc.abstractmethod
     def increment(self, rho: Tensor, Q: Tensor, P: Tensor) -> tuple[State, State | None]:
@@ -260,6 +263,7 @@ class Surrogate(nn.Module, abc.ABC):
         self.increment_head.scale_output(factors)
         self.scales = {key: value * factors[key[len("delta_"):]] if key.startswith("delta_") else value
                        for key, value in self.scales.items()}
+        self.increment_factors = {key: value * factors[key] for key, value in self.increment_factors.items()}
 
     def symmetrize(self) -> None:
         """Switch on group averaging (``ModelConfig.symmetrize``) for this trained model; weights unchanged."""

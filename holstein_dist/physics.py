@@ -572,6 +572,16 @@ between the subsystems: ``momenta`` (the lattice momenta are rescaled to the tot
 :mod:`holstein_dist.guards`."""
 
 
+def check_work_share(share: float, work_split: bool, name: str = "work share") -> None:
+    """Raise ValueError unless ``share`` (the lattice target's share taken from the work, the rest from the momenta
+    split) is in (0, 1], and 1 wherever the split is not ``work``; ``name``: the setting as its user spells it."""
+    if not (0.0 < share <= 1.0):
+        raise ValueError(f"{name} is {share}; use a number in (0, 1] (1: the work split alone)")
+    if share != 1.0 and not work_split:
+        raise ValueError(f"{name} {share} blends the work split's lattice energy; set the energy split to work or "
+                         f"drop {name}")
+
+
 def energy(rho, Q, P, *, g: float, K0: float = K0_DEFAULT, eta: float = ETA_DEFAULT):
     """Conserved total energy ``Re Tr(h rho) + (g/2) sum Q + K0/(2 eta) sum (P^2 + Q^2)`` (any batch)."""
     ops = _ops(rho)

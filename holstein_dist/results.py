@@ -450,7 +450,8 @@ def write_curve(rows: Sequence[Mapping[str, float]], out: str | Path) -> None:
 def guard_flags(args: Any) -> list[str]:
     """evaluate's rollout-guard flags that ``rollout-curve`` / ``calibrate`` pass on to every candidate."""
     flags = [flag for flag, on in (("--project", getattr(args, "project", False)), ("--conserve", args.conserve)) if on]
-    return flags + (["--energy-split", args.energy_split] if args.energy_split != "momenta" else [])
+    flags += ["--energy-split", args.energy_split] if args.energy_split != "momenta" else []
+    return flags + (["--work-share", str(args.work_share)] if args.work_share != 1.0 else [])
 
 
 def calibrate_command(args: Any) -> None:
@@ -552,6 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rollouts.add_argument("--conserve", action="store_true", help="evaluate with evaluate --conserve")
     rollouts.add_argument("--energy-split", choices=ENERGY_SPLITS, default="momenta",
                           help="with --conserve: evaluate with evaluate --energy-split")
+    rollouts.add_argument("--work-share", type=float, default=1.0,
+                          help="with --energy-split work: evaluate with evaluate --work-share")
     rollouts.add_argument("--symmetrize", action="store_true", help="evaluate with evaluate --symmetrize")
     average = sub.add_parser("average", help="average the weights of checkpoints of one run into one model file")
     average.add_argument("checkpoints", nargs="+", type=Path, help="step-*.pt files (or run dirs) of one run")
@@ -579,6 +582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "with --conserve too)")
     cal.add_argument("--energy-split", choices=ENERGY_SPLITS, default="momenta",
                      help="with --conserve: fit on rollouts with evaluate --energy-split (evaluate the export so too)")
+    cal.add_argument("--work-share", type=float, default=1.0,
+                     help="with --energy-split work: fit on rollouts with evaluate --work-share (evaluate the export "
+                          "so too)")
     cal.add_argument("--components", choices=list(COMPONENT_GROUPS), default="all",
                      help="which increments the factor scales: all (the model's rate), electrons (rho) or lattice "
                           "(Q and P; fits the lattice's rate against the electrons')")

@@ -281,7 +281,8 @@ def restored_straight_through(state: State, restore: Restore) -> State:
 
 def stage_restore(stage: Stage, data: shards.Dataset, rho: Tensor, Q: Tensor, P: Tensor) -> Restore | None:
     """The per-step restore of ``stage.guard`` for windows starting at the clean states (rho, Q, P), or None."""
-    guard = named_guard(stage.guard, Couplings(g=data.g_f, **data.constants), stage.energy_split, data.snapshot_dt)
+    guard = named_guard(stage.guard, Couplings(g=data.g_f, **data.constants), stage.energy_split, data.snapshot_dt,
+                        stage.work_share)
     return guard.start(rho, Q, P) if guard is not None else None
 
 

@@ -241,9 +241,10 @@ def test_conserving_rollouts_keep_the_energy_and_are_recorded(tmp_path: Path, sh
     assert report["settings"]["energy_split"] == "momenta"
     # The work split puts the same invariants back, with the lattice's share set by the work done on it.
     assert run("--checkpoint", reference_model, "--data", shallow_data, "--out", tmp_path / "work", "--conserve",
-               "--energy-split", "work", "--steps", 20, "--rollouts", 2, "--no-plots") == 0
+               "--energy-split", "work", "--work-share", 0.5, "--steps", 20, "--rollouts", 2, "--no-plots") == 0
     work = read_report(tmp_path / "work")
-    assert work["settings"]["energy_split"] == "work" and work["divergent_fraction"] == 0.0
+    assert work["settings"]["energy_split"] == "work" and work["settings"]["work_share"] == 0.5
+    assert work["divergent_fraction"] == 0.0
     assert work["energy_drift"]["model"]["max_abs"] < 1e-6
     assert np.all(np.asarray(report["rmse_by_step"]["Q"]) < 0.05)
 
@@ -481,6 +482,8 @@ def bad_input_cases(data: Path, model: Path, tmp: Path, l8_data: Path) -> list[t
         (["--truth-only", "--data", data, "--symmetrize"], "drop them with --truth-only"),
         ([*ckpt, "--project", "--conserve"], "--project and --conserve are exclusive"),
         ([*ckpt, "--energy-split", "work"], "add --conserve or drop --energy-split"),
+        ([*ckpt, "--conserve", "--work-share", 0.5], "set the energy split to work or drop --work-share"),
+        ([*ckpt, "--conserve", "--energy-split", "work", "--work-share", 0], "--work-share is 0.0; use a number in"),
         ([*ckpt, "--split", "holdout"], "--split 'holdout'"),
         ([*ckpt, "--max-lag", N_STEPS], f"pass --max-lag {N_STEPS - 1} or less"),
         ([*ckpt, "--steps", 20, "--max-lag", 20], "pass --max-lag 19 or less"),

@@ -264,6 +264,27 @@ def test_work_split_guard_falls_back_to_the_momenta_where_the_electrons_cannot_r
         torch.testing.assert_close(spectrum(work[0]), spectrum(start[0]), atol=1e-10, rtol=0)
 
 
+def test_work_share_blends_the_lattice_energy_of_the_two_splits():
+    """share 0.3: the lattice ends at 0.3 of the work split's energy plus 0.7 of the momenta split's (the shell
+    less the electronic and potential energy of the step's rho, brought onto the initial spectrum)."""
+    gen = torch.Generator().manual_seed(5)
+    before, after = _exact_steps(16, 1)
+    start, exact = tuple(s[:1] for s in before), tuple(s[:1] for s in after)
+    u = torch.linalg.matrix_exp(0.02j * (lambda h: h + h.mH)(torch.randn(1, 8, 8, generator=gen).to(exact[0].dtype)))
+    r, q = u @ exact[0] @ u.mH, exact[1] + 0.01 * torch.randn(1, 8, generator=gen, dtype=torch.float64)
+    e0 = physics.energy(*start, g=COUPLINGS.g, K0=COUPLINGS.K0, eta=COUPLINGS.eta)
+    rho1, q1, p1 = Guard(conserve=COUPLINGS, work_dt=0.16, work_share=0.3).start(*start)(r, q, exact[2])
+    torch.testing.assert_close(physics.energy(rho1, q1, p1, g=COUPLINGS.g, K0=COUPLINGS.K0, eta=COUPLINGS.eta), e0)
+    by_work = lattice_energy(*start[1:], COUPLINGS) + lattice_work(start, (rho1, q1, p1), COUPLINGS, 0.16)[0]
+    surrogate = nearest_isospectral(r, spectrum(start[0]))
+    by_momenta = e0 - physics.energy(surrogate, q, torch.zeros_like(q), g=COUPLINGS.g, K0=COUPLINGS.K0,
+                                     eta=COUPLINGS.eta) + lattice_energy(q, torch.zeros_like(q), COUPLINGS)
+    assert float((by_work - by_momenta).abs()) > 1e-3  # the two splits disagree on this step
+    torch.testing.assert_close(lattice_energy(q1, p1, COUPLINGS), 0.3 * by_work + 0.7 * by_momenta, rtol=1e-4, atol=0)
+    # share 1 is the work split
+    assert named_guard("conserve", COUPLINGS, "work", 0.16, 1.0) == Guard(conserve=COUPLINGS, work_dt=0.16)
+
+
 def test_energy_split_choices():
     assert named_guard("conserve", COUPLINGS, "work", 2.56) == Guard(conserve=COUPLINGS, work_dt=2.56)
     assert named_guard("conserve", COUPLINGS) == Guard(conserve=COUPLINGS)
@@ -277,3 +298,9 @@ def test_energy_split_choices():
         Stage(epochs=1, n_step=2, noise=0.0, energy_split="work")
     with pytest.raises(ValueError, match="choose one of momenta, work"):
         Stage(epochs=1, n_step=2, noise=0.0, guard="conserve", energy_split="heat")
+    with pytest.raises(ValueError, match=r"stage work_share is 1.5; use a number in \(0, 1\]"):
+        Stage(epochs=1, n_step=2, noise=0.0, guard="conserve", energy_split="work", work_share=1.5)
+    with pytest.raises(ValueError, match="set the energy split to work"):
+        named_guard("conserve", COUPLINGS, "momenta", 2.56, 0.5)
+    with pytest.raises(ValueError, match="work share is 0.0"):
+        Guard(conserve=COUPLINGS, work_dt=2.56, work_share=0.0)

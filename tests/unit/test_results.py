@@ -250,11 +250,12 @@ def test_calibrate_scores_a_grid_of_factors_and_exports_the_best(tiny_run, tiny_
     # --conserve (here with the work split): every candidate is rolled out with the guard (evaluate's, not the model's).
     assert results.main(["calibrate", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",
                          "--at", "1", "6", "--span", "0.1", "--points", "3", "--conserve", "--score", "climate",
-                         "--energy-split", "work", "--work", str(tmp_path / "cons"),
+                         "--energy-split", "work", "--work-share", "0.5", "--work", str(tmp_path / "cons"),
                          "--out", str(tmp_path / "cons.csv"), "--export", str(tmp_path / "cons.pt")]) == 0
     candidates = sorted(p for p in (tmp_path / "cons").glob("factor-*") if p.is_dir())
     settings = [results.read_report(p)["settings"] for p in candidates]
-    assert len(candidates) > 3 and all(s["conserve"] and s["energy_split"] == "work" for s in settings)
+    assert len(candidates) > 3 and all(s["conserve"] and s["energy_split"] == "work" and s["work_share"] == 0.5
+                                   for s in settings)
     # --components lattice: the factor scales Q's and P's increments only, in every candidate and the export.
     lattice = tmp_path / "lattice.pt"
     assert results.main(["calibrate", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--steps", "6",

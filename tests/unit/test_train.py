@@ -336,18 +336,23 @@ def test_missing_config_file_is_one_clear_line(tmp_path, capsys):
 
 
 def test_init_from_starts_from_another_models_weights(tiny_data, tmp_path, capsys):
-    """Fine-tuning: the new run's first weights are the source's; a different architecture is refused."""
-    from holstein_dist.checkpoints import export_model, load_model
+    """Fine-tuning: the new run's first weights are the source's, and its rate record (a source with scaled
+    increments); a different architecture is refused."""
+    from holstein_dist.checkpoints import export_model, load_model, scale_increments
 
     first = tmp_path / "first"
     run_tiny(tiny_data, first, "max_steps=10")
-    source = export_model(first, tmp_path / "source.pt")
+    source = scale_increments(export_model(first, tmp_path / "exported.pt"), 0.95, tmp_path / "source.pt")
     fine = tmp_path / "fine"
     cfg = train.load_train_config(TINY, [f"data={tiny_data}", f"run_dir={fine}", f"init_from={source}", "seed=5"])
     parts = train.build_parts(cfg, dist.init_distributed(), open_data(tiny_data))
     want = load_model(source)
     assert all(torch.equal(a, b) for a, b in zip(parts.model.state_dict().values(), want.state_dict().values()))
     assert parts.model.scales == want.scales
+    run_tiny(tiny_data, fine, f"init_from={source}", "max_steps=2")
+    fine_tuned = export_model(fine, tmp_path / "fine.pt")
+    assert ckpt.load_checkpoint(fine_tuned, required=("format",))["increment_factor"] == pytest.approx(0.95)
+    assert load_model(fine_tuned).increment_factors == pytest.approx(dict.fromkeys(("rho", "Q", "P"), 0.95))
     # Group averaging has no weights: a plain model may be fine-tuned with it switched on.
     cfg = train.load_train_config(TINY, [f"data={tiny_data}", f"run_dir={fine}", f"init_from={source}",
                                          "model.symmetrize=true"])
