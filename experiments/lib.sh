@@ -160,14 +160,19 @@ select_run() {  # select_run RUN: the run's checkpoints read under the guard on 
   "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
   validate "$run" "$WORK/${run}_best.pt"
 }
-train_beside() {  # train_beside RUN:CONFIG:INIT...: the runs side by side (one core each), then each one's best checkpoint
-  local spec run config init
-  for spec in "$@"; do
-    IFS=: read -r run config init <<< "$spec"
+train_side_by_side() {  # train_side_by_side RUN:CONFIG:INIT... [KEY=VALUE...]: the runs side by side (one core each),
+  local arg run config init specs=() overrides=()  # each with the overrides
+  for arg in "$@"; do if [[ $arg == *=* ]]; then overrides+=("$arg"); else specs+=("$arg"); fi; done
+  for arg in "${specs[@]}"; do
+    IFS=: read -r run config init <<< "$arg"
     OMP_NUM_THREADS=1 in_background "train_$run" "$PY" -m holstein_dist.train --config "$config" \
-      data="$DATA" run_dir="$WORK/run_$run" init_from="$init"
+      data="$DATA" run_dir="$WORK/run_$run" init_from="$init" "${overrides[@]}"
   done
   wait_background
+}
+train_beside() {  # train_beside RUN:CONFIG:INIT...: the runs side by side (one core each), then each one's best checkpoint
+  train_side_by_side "$@"
+  local spec
   for spec in "$@"; do select_run "${spec%%:*}"; done
 }
 train_round() {  # train_round INIT RUN...: the runs ($HERE/RUN.yaml) side by side from INIT, then each one's best

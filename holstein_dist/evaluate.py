@@ -59,6 +59,7 @@ from holstein_dist.metrics import (
     rmse_by_step,
     structure_factor,
     structure_factor_peak,
+    swing_by_part,
     to_numpy,
     wasserstein1,
     wavevectors,
@@ -559,6 +560,8 @@ def truth_metrics(merged: Share, plan: Plan, lag_sums: Mapping[str, LagSums]) ->
         "autocorr_noise_floor": {key: autocorrelation_noise_floor(lag_sums[key], plan.max_lag) for key in ORDER_KEYS},
         "ranges": {"truth": _ranges(truth)},
         "lattice_motion": lattice_motion_part("truth", truth),
+        # The autocorrelation's first trough per third of the rollout: whether the swing's period drifts.
+        "swing": {key: {"truth": swing_by_part(truth[key], plan.max_lag)} for key in ORDER_KEYS},
         "energy_drift": {
             # Recomputed from the stored (single-precision) snapshots exactly as for the model: its floor.
             "truth": energy_drift(truth["energy"]),
@@ -632,6 +635,8 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
         "ranges": {"model": _ranges(kept_model) if kept_model else None},
         "energy_drift": {"model": energy_drift(kept_model["energy"]) if kept_model else None},
         "lattice_motion": lattice_motion_part("model", kept_model),
+        "swing": {key: {"model": swing_by_part(kept_model[key], plan.max_lag) if kept_model else None}
+                  for key in ORDER_KEYS},
         "divergent_fraction": float(np.mean(diverged)),
         "divergent_rollouts": int(np.sum(diverged)),
         "climate_rollouts": int(np.sum(kept)),
@@ -875,6 +880,19 @@ def lattice_motion_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def swing_lines(report: Mapping[str, Any]) -> list[str]:
+    """The lattice order's autocorrelation trough (lag) in each third of the rollouts, truth and model (reports
+    made before the section existed have no line)."""
+    swing = report.get("swing", {}).get("lattice")
+    if not swing:
+        return []
+    def lags(parts: list[dict[str, Any]] | None) -> str:
+        return "n/a" if not parts else " / ".join("-" if p["trough_lag"] is None else str(p["trough_lag"])
+                                                  for p in parts)
+    return ["  lattice swing, autocorrelation trough lag by third of the rollout: "
+            + ", ".join(f"{side} {lags(swing[side])}" for side in ("truth", "model") if side in swing)]
+
+
 def sampling_lines(report: Mapping[str, Any]) -> list[str]:
     """The climate test's sampling noise: a perfect model's score at this many rollouts, and the spread of the
     model's own score over resampled test splits (reports made before these existed have no line)."""
@@ -919,6 +937,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                      f"drift (integrator) {_fmt(report['energy_drift']['truth_integrator']['max_abs'])}")
     lines += coherent_lines(report)
     lines += lattice_motion_lines(report)
+    lines += swing_lines(report)
     lines += structure_factor_lines(report)
     lines += ensemble_summary_lines(report)
     lines += [f"  WARNING: {warning}" for warning in report.get("warnings", [])]

@@ -239,6 +239,10 @@ def test_conserving_rollouts_keep_the_energy_and_are_recorded(tmp_path: Path, sh
     assert report["energy_drift"]["model"]["max_abs"] < 1e-6
     assert report["structure_factor"]["density"]["model"]["mean"][0] < 1e-8  # the particle number is kept
     assert report["settings"]["energy_split"] == "momenta"
+    # The swing per third of the rollouts, both sides, with the same spans.
+    for key in ("charge", "lattice"):
+        spans = [[p["span"] for p in report["swing"][key][side]] for side in ("truth", "model")]
+        assert spans[0] == spans[1] == [[0, 7], [7, 14], [14, 21]]
     # The work split puts the same invariants back, with the lattice's share set by the work done on it.
     assert run("--checkpoint", reference_model, "--data", shallow_data, "--out", tmp_path / "work", "--conserve",
                "--energy-split", "work", "--work-share", 0.5, "--steps", 20, "--rollouts", 2, "--no-plots") == 0

@@ -460,3 +460,24 @@ def test_window_means_average_rollouts_and_steps_of_each_window_leaving_out_step
     np.testing.assert_allclose(window_means(series, 100), [51.5, 151.5, 226.5])
     with pytest.raises(ValueError, match="series is empty"):
         window_means(np.zeros((0, 5)))
+
+
+def test_swing_by_part_reads_a_drifting_period_third_by_third():
+    """Cosines whose period grows from 40 to 60 steps halfway: the first third's trough is at half of 40, the last
+    third's at half of 60, while the whole series' autocorrelation averages them; a constant span gives Nones."""
+    rng = np.random.default_rng(0)
+    t = np.arange(999)
+    period = np.where(t < 500, 40.0, 60.0)
+    phase = np.cumsum(2 * np.pi / period)
+    x = np.stack([np.cos(phase + rng.uniform(0, 2 * np.pi)) for _ in range(16)])
+    parts = metrics.swing_by_part(x, 200)
+    assert [p["span"] for p in parts] == [[0, 333], [333, 666], [666, 999]]
+    assert parts[0]["trough_lag"] == 20 and parts[2]["trough_lag"] == 30
+    assert parts[0]["zero"] == 10 and parts[2]["zero"] == 15
+    assert parts[0]["trough"] < -0.95
+    whole = metrics.first_trough(metrics.autocorrelation(x, 200))[1]
+    assert 20 < whole < 30
+    flat = np.concatenate([x[:, :333], np.ones((16, 666))], axis=1)
+    assert metrics.swing_by_part(flat, 200)[1] == {"span": [333, 666], "zero": None, "trough_lag": None,
+                                                   "trough": None}
+    assert metrics.swing_by_part(x[:, :3], 200) == []  # spans of one step hold no lag
