@@ -67,6 +67,8 @@ def read_report(path: str | Path) -> dict[str, Any]:
 def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
+    if isinstance(value, int):  # counts and lags
+        return str(value)
     return f"{value:.2e}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}"
 
 
@@ -109,6 +111,7 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int],
         rows += sampling_rows(reports, order)
     rows += coherent_rows(reports, steps)
     rows += lattice_motion_rows(reports)
+    rows += swing_rows(reports)
     rows.append(("divergent fraction", [r["divergent_fraction"] for r in reports]))
     for order in ORDER_KEYS:
         rows.append((f"Wasserstein-1, {order}", [r["wasserstein"][order] for r in reports]))
@@ -174,6 +177,26 @@ def lattice_motion_rows(reports: Sequence[Mapping[str, Any]]) -> list[tuple[str,
         wall_gaps.append(None if model is None or truth is None else abs(model - truth))
     return [(f"lattice kinetic energy, factor off the truth, {span}", factors),
             (f"domain walls per ring, abs error (truth {_fmt(last(first, 'walls')[1])}), {span}", wall_gaps)]
+
+
+def swing_rows(reports: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """How many steps the lattice autocorrelation's first trough in each third of the rollouts (the ``swing``
+    section) is off the truth's, lower is better; no rows when no report has the section."""
+    sections = [(r.get("swing") or {}).get("lattice") or {} for r in reports]
+    first = next((s for s in sections if s.get("truth")), None)
+    if first is None:
+        return []
+    rows = []
+    for i, part in enumerate(first["truth"]):
+        gaps = []
+        for section in sections:
+            truth, model = (section.get(side) or [None] * (i + 1) for side in ("truth", "model"))
+            lags = [p and p["trough_lag"] for p in (truth[i], model[i])]
+            gaps.append(None if None in lags else abs(lags[1] - lags[0]))
+        start, stop = part["span"]
+        rows.append((f"lattice swing trough lag, steps off the truth's ({part['trough_lag']}), steps {start}-{stop}",
+                     gaps))
+    return rows
 
 
 def check_same_test_set(reports: Sequence[Mapping[str, Any]], names: Sequence[str]) -> None:

@@ -62,6 +62,21 @@ def test_table_compares_reports_on_one_test_set_only(tiny_run, tiny_data, tmp_pa
     assert err.startswith("error: c was evaluated with other steps") and err.count("\n") == 1
 
 
+def test_swing_rows_give_each_thirds_trough_lag_off_the_truths_and_tolerate_older_reports():
+    def report(model_lags: list[int | None]) -> dict:
+        def parts(lags: list[int | None]) -> list[dict]:
+            return [{"span": [333 * i, 333 * (i + 1)], "zero": None, "trough_lag": lag, "trough": None}
+                    for i, lag in enumerate(lags)]
+        return {"swing": {"lattice": {"truth": parts([42, 55, 58]), "model": parts(model_lags)}}}
+
+    rows = dict(results.swing_rows([report([57, 60, 57]), report([45, None, 47]), {}]))
+    assert rows == {"lattice swing trough lag, steps off the truth's (42), steps 0-333": [15, 3, None],
+                    "lattice swing trough lag, steps off the truth's (55), steps 333-666": [5, None, None],
+                    "lattice swing trough lag, steps off the truth's (58), steps 666-999": [1, 11, None]}
+    assert results.swing_rows([{}]) == []
+    assert results._fmt(15) == "15" and results._fmt(15.0) == "15.000"  # lags print as counts
+
+
 def test_coherent_rows_take_the_window_holding_each_step_and_tolerate_older_reports():
     def report(lag: float | None) -> dict:
         windows = [{"start": 1, "stop": 100, "lag_steps": lag, "amplitude_error": -0.01},
