@@ -221,6 +221,14 @@ beats() {  # beats REPORT OTHER: REPORT's climate score (lower is better) is bel
     "$("$PY" -m holstein_dist.results score --score climate "$1" | awk '{print $1}')" \
     "$("$PY" -m holstein_dist.results score --score climate "$2" | awk '{print $1}')"
 }
+beside_chosen_val64() {  # beside_chosen_val64 NAME...: their val64/NAME reports beside the chosen model's (results_val64.md);
+  local reports=() name  # sets BEST, the name with the lowest climate score there
+  for name in "$@"; do reports+=("$HERE/val64/$name/report.json"); done
+  "$PY" -m holstein_dist.results table "$CHOSEN_VAL64" "${reports[@]}" \
+    --names "chosen deep model (momenta split)" "$@" --steps 1 1000 | tee "$HERE/results_val64.md"
+  BEST=$(REPORTS=val64 best_of "$@")
+  echo "chosen on the 64 validation trajectories: $BEST"
+}
 promote() {  # promote NAME LABEL GUARD...: $WORK/${NAME}_best.pt, with its val64/NAME report, on to val256 and test256
   local name=$1 label=$2; shift 2
   beats "$HERE/val64/$name/report.json" "$CHOSEN_VAL64" || { echo "$name does not beat the chosen model on val64"; return 0; }

@@ -60,12 +60,7 @@ for spec in momenta:0 share0.1:0.1; do
   RUNS+=("${spec%%:*}")
 done
 # 4. the table and the promotion
-REPORTS64=()
-for name in "${RUNS[@]}"; do REPORTS64+=("$HERE/val64/$name/report.json"); done
-"$PY" -m holstein_dist.results table "$CHOSEN_VAL64" "${REPORTS64[@]}" \
-  --names "chosen deep model (momenta split)" "${RUNS[@]}" --steps 1 1000 | tee "$HERE/results_val64.md"
-BEST=$(REPORTS=val64 best_of "${RUNS[@]}")
-echo "chosen on the 64 validation trajectories: $BEST"
+beside_chosen_val64 "${RUNS[@]}"
 SHARE=${BEST#share}; SHARE=${SHARE%%_*}; [ "$BEST" = momenta ] && SHARE=0
 share_guard "$SHARE"
 promote "$BEST" "work share $SHARE" "${GUARD[@]}"

@@ -39,11 +39,6 @@ done
 for name in "${PICKS[@]}"; do
   validate_2ranks val64 "$name" "$WORK/${name}_best.pt" "$VAL64_DATA" "${GUARD[@]}"
 done
-REPORTS64=()
-for name in "${PICKS[@]}"; do REPORTS64+=("$HERE/val64/$name/report.json"); done
-"$PY" -m holstein_dist.results table "$CHOSEN_VAL64" "${REPORTS64[@]}" \
-  --names "chosen deep model (momenta split)" "${PICKS[@]}" --steps 1 1000 | tee "$HERE/results_val64.md"
-BEST=$(REPORTS=val64 best_of "${PICKS[@]}")
-echo "chosen on the 64 validation trajectories: $BEST"
+beside_chosen_val64 "${PICKS[@]}"
 promote "$BEST" "work split" "${GUARD[@]}"
 write_times "$HERE/wall_times.json"
