@@ -160,8 +160,9 @@ select_run() {  # select_run RUN: the run's checkpoints read under the guard on 
   "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
   validate "$run" "$WORK/${run}_best.pt"
 }
-train_side_by_side() {  # train_side_by_side RUN:CONFIG:INIT... [KEY=VALUE...]: the runs side by side (one core each),
-  local arg run config init specs=() overrides=()  # each with the overrides
+# train_side_by_side RUN:CONFIG:INIT... [KEY=VALUE...]: the runs side by side (one core each), all with the overrides
+train_side_by_side() {
+  local arg run config init specs=() overrides=()
   for arg in "$@"; do if [[ $arg == *=* ]]; then overrides+=("$arg"); else specs+=("$arg"); fi; done
   for arg in "${specs[@]}"; do
     IFS=: read -r run config init <<< "$arg"
@@ -221,8 +222,10 @@ beats() {  # beats REPORT OTHER: REPORT's climate score (lower is better) is bel
     "$("$PY" -m holstein_dist.results score --score climate "$1" | awk '{print $1}')" \
     "$("$PY" -m holstein_dist.results score --score climate "$2" | awk '{print $1}')"
 }
-beside_chosen_val64() {  # beside_chosen_val64 NAME...: their val64/NAME reports beside the chosen model's (results_val64.md);
-  local reports=() name  # sets BEST, the name with the lowest climate score there
+# beside_chosen_val64 NAME...: the val64/NAME reports beside the chosen model's (results_val64.md); sets BEST, the name
+# with the lowest climate score there
+beside_chosen_val64() {
+  local reports=() name
   for name in "$@"; do reports+=("$HERE/val64/$name/report.json"); done
   "$PY" -m holstein_dist.results table "$CHOSEN_VAL64" "${reports[@]}" \
     --names "chosen deep model (momenta split)" "$@" --steps 1 1000 | tee "$HERE/results_val64.md"

@@ -229,7 +229,8 @@ def restore_energy_by_work(before: State, rho: Tensor, Q: Tensor, P: Tensor, tar
 
     ``share`` in (0, 1] blends the lattice's target energy: that share of it from the work, the rest from
     :func:`restore_energy`'s (the shell less the surrogate's electronic and potential energy); 1 is the work split.
-    Trained with either split alone the deep model's swing came out ~10 % slow (momenta) or ~10 % fast (work).
+    (Measured on the deep quench, experiments/deep_L32/work_share: no share from 0 to 1 set the trained model's
+    period; continued training did.)
     """
     c = couplings
     rho128, Q64, P64 = rho.to(torch.complex128), Q.double(), P.double()
