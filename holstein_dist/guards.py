@@ -335,7 +335,6 @@ def named_guard(name: str, couplings: Couplings, energy_split: str = "momenta",
     if energy_split == "work" and name != "conserve":
         raise ValueError(f"the energy split 'work' belongs to the guard conserve, not {name!r}; "
                          "use guard conserve or energy split momenta")
-    work_dt = snapshot_dt if energy_split == "work" else None
-    check_work_share(work_share, energy_split == "work")
-    conserve = Guard(conserve=couplings, work_dt=work_dt, work_share=work_share if work_dt is not None else 1.0)
+    # Built for every name, so Guard's checks (a work share needs the work split) hold for all of them.
+    conserve = Guard(conserve=couplings, work_dt=snapshot_dt if energy_split == "work" else None, work_share=work_share)
     return {"none": None, "bounds": Guard(bounds=True), "conserve": conserve}[name]
