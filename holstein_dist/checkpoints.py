@@ -90,16 +90,22 @@ def export_model(source: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
-def average_models(sources: Sequence[str | Path], out: str | Path) -> Path:
-    """Write the element-wise mean of the weights of ``sources`` (files or run dirs of ours) as model file ``out``.
+def average_models(sources: Sequence[str | Path], out: str | Path,
+                   weights: Sequence[float] | None = None) -> Path:
+    """Write the element-wise mean of the weights of ``sources`` (files or run dirs of ours) as model file ``out``;
+    with ``weights``, the weighted mean (weights >= 0, one per source, normalized to sum 1).
 
     Checkpoint averaging (as in stochastic weight averaging): late checkpoints of one annealed run lie in one
-    basin, and their mean is often a better and steadier model than any single one of them. Every source must
-    hold the same architecture, normalization scales and data signature (else a one-line ValueError naming the
-    first that differs); non-floating entries are taken from the first source.
+    basin, and their mean is often a better and steadier model than any single one of them. With two sources and
+    weights, weight-space interpolation between a model and its fine-tune (``init_from``), which also lie in one
+    basin: a way to take part of what a fine-tune changed. Every source must hold the same architecture,
+    normalization scales and data signature (else a one-line ValueError naming the first that differs);
+    non-floating entries are taken from the first source, and the ``increment_factor`` record is kept where all
+    sources share it.
     """
     if not sources:
         raise ValueError("no checkpoints to average; pass two or more step-*.pt files of one run")
+    mix = _mixing_weights(weights, len(sources))
     payloads = [(Path(s), read_payload(resolve(Path(s))[1])) for s in sources]
     first_path, first = payloads[0]
     for path, payload in payloads[1:]:
@@ -111,18 +117,33 @@ def average_models(sources: Sequence[str | Path], out: str | Path) -> Path:
             if payload[key] != first[key]:
                 raise ValueError(f"{str(path)!r} has another {key} than {str(first_path)!r}; average checkpoints "
                                  "of one run (same model and data) only")
-    weights = {}
+    averaged_weights = {}
     for name, tensor in first["model"].items():
         if tensor.is_floating_point() or tensor.is_complex():
-            stacked = torch.stack([payload["model"][name].to(torch.float64 if tensor.is_floating_point()
-                                                              else torch.complex128) for _, payload in payloads])
-            weights[name] = stacked.mean(dim=0).to(tensor.dtype)
+            wide = torch.float64 if tensor.is_floating_point() else torch.complex128
+            mean = sum(share * payload["model"][name].to(wide) for share, (_, payload) in zip(mix, payloads))
+            averaged_weights[name] = mean.to(tensor.dtype)
         else:
-            weights[name] = tensor.clone()
+            averaged_weights[name] = tensor.clone()
     averaged = {key: first[key] for key in MODEL_KEYS}
-    averaged["model"] = weights
+    averaged["model"] = averaged_weights
+    records = [payload.get("increment_factor") for _, payload in payloads]
+    if records[0] is not None and all(record == records[0] for record in records):
+        averaged["increment_factor"] = records[0]
     ckpt.atomic_save(averaged, out)
     return Path(out)
+
+
+def _mixing_weights(weights: Sequence[float] | None, n_sources: int) -> list[float]:
+    """``weights`` normalized to sum 1 (equal shares when None), or a one-line ValueError naming the fault."""
+    if weights is None:
+        return [1.0 / n_sources] * n_sources
+    if len(weights) != n_sources:
+        raise ValueError(f"{len(weights)} weights for {n_sources} checkpoints; give one weight per checkpoint")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights {list(weights)} must be finite, >= 0 and not all 0 (e.g. --weights 0.5 0.5)")
+    total = float(sum(weights))
+    return [float(w) / total for w in weights]
 
 
 def scale_increments(source: str | Path, factor: float | Mapping[str, float], out: str | Path,

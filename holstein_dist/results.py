@@ -7,6 +7,7 @@
     python -m holstein_dist.results rollout-curve RUN_DIR --data DIR --split val --steps 1200 --out curve.csv \\
         [--export model.pt]
     python -m holstein_dist.results average RUN_DIR/checkpoints/step-0000{6,7,8}*.pt --out model.pt
+    python -m holstein_dist.results average MODEL.pt FINE_TUNE.pt --weights 0.5 0.5 --out between.pt
     python -m holstein_dist.results score EVAL_DIR [EVAL_DIR ...] [--at 100 600 1200]
     python -m holstein_dist.results calibrate MODEL --data DIR --split val --steps 1200 --out factors.csv \\
         --export calibrated.pt [--components all|electrons|lattice]
@@ -20,7 +21,8 @@ the validation rollout error against optimizer step and wall-clock training time
 accuracy is visible. ``rollout-curve`` evaluates every checkpoint the run kept (``keep`` large) on long
 rollouts of one split (use ``val``: recipes are chosen on validation, the test split is for the final
 table) and tabulates RMSE at chosen steps and the autocorrelation errors against training time.
-``average`` writes the mean weights of checkpoints of one run as one model file (checkpoint averaging);
+``average`` writes the mean weights of checkpoints of one run as one model file (checkpoint averaging), or with
+``--weights`` their weighted mean (e.g. a point between a model and its fine-tune: weight-space interpolation);
 ``score`` prints the long-rollout score ``rollout-curve`` ranks by, for reports of any models (e.g. an average
 against the best single checkpoint, both evaluated on validation). ``calibrate`` fits one factor on a model's
 predicted increments (to first order its time step, so the frequency of every oscillation it produces) by a
@@ -582,6 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     average = sub.add_parser("average", help="average the weights of checkpoints of one run into one model file")
     average.add_argument("checkpoints", nargs="+", type=Path, help="step-*.pt files (or run dirs) of one run")
     average.add_argument("--out", type=Path, required=True, help="model file to write")
+    average.add_argument("--weights", type=float, nargs="+",
+                         help="one weight >= 0 per checkpoint, normalized to sum 1 (default: equal): e.g. a model "
+                              "and its fine-tune with --weights 0.5 0.5 interpolate between them")
     cal = sub.add_parser("calibrate", help="fit one factor on a model's increments (its rate) to long validation "
                                            "rollouts, as CSV, and export the calibrated model")
     cal.add_argument("model", type=Path, help="model file or run directory of ours, or an ensemble directory (each "
@@ -638,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "average":
             from holstein_dist.checkpoints import average_models
 
-            average_models(args.checkpoints, args.out)
+            average_models(args.checkpoints, args.out, args.weights)
             print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
         elif args.command == "calibrate":
             calibrate_command(args)

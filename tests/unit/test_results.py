@@ -180,6 +180,32 @@ def test_average_writes_the_mean_weights_of_checkpoints_of_one_run(tiny_run, tin
     assert results.main(["average", str(old), str(kept[1]), "--out", str(tmp_path / "mixed.pt")]) == 0
 
 
+def test_average_with_weights_interpolates_between_a_model_and_its_fine_tune(tiny_run, tmp_path, capsys):
+    from holstein_dist.checkpoints import scale_increments
+
+    kept = sorted((tiny_run / "checkpoints").glob("step-*.pt"))
+    first, last = tmp_path / "first.pt", tmp_path / "last.pt"
+    scale_increments(kept[0], 0.9, first)  # both carry the record 0.9, which the interpolation keeps
+    scale_increments(kept[-1], 0.9, last)
+    out = tmp_path / "between.pt"
+    assert results.main(["average", str(first), str(last), "--weights", "3", "1", "--out", str(out)]) == 0
+    a, b, mix = load_model(first), load_model(last), load_model(out)
+    moved = 0
+    for name, tensor in mix.state_dict().items():
+        expected = 0.75 * a.state_dict()[name].double() + 0.25 * b.state_dict()[name].double()
+        assert torch.allclose(tensor.double(), expected, atol=1e-6), name
+        moved += not torch.equal(a.state_dict()[name], b.state_dict()[name])
+    assert moved > 0  # the two checkpoints differ, so the weights matter
+    assert mix.increment_factors == a.increment_factors == {k: pytest.approx(0.9) for k in a.increment_factors}
+    # A weight per checkpoint, none negative: else one line naming the fix, and nothing written.
+    for weights in (["1"], ["1", "-1"], ["0", "0"], ["nan", "1"]):
+        refused = tmp_path / "refused.pt"
+        assert results.main(["average", str(first), str(last), "--weights", *weights, "--out", str(refused)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "weight" in err and err.count("\n") == 1, weights
+        assert not refused.exists()
+
+
 def test_scale_increments_multiplies_every_predicted_increment(tiny_run, tmp_path, capsys):
     from holstein_dist.checkpoints import export_model
 
