@@ -210,13 +210,25 @@ test_beside_parent() {  # test_beside_parent NAME: NAME's best exported as model
     --names "parent + --conserve" "$1 + --conserve" --steps 1 10 100 1000 | tee "$HERE/results.md"
 }
 
-# Promoting a deep candidate past the chosen deep model (experiments/deep_L32/long_unroll/model.pt), one larger set
-# at a time, each only where the candidate's climate score beats the chosen model's on the set before: the 64 extra
-# validation trajectories (val64/), the 256 validation trajectories of rates/ (val256/) and the 256 test trajectories
-# of test256/, whose report and model.pt are kept beside the script.
-CHOSEN_VAL64=$DEEP/long_unroll/val64/parent_x0.95/report.json
-CHOSEN_VAL256=$DEEP/rates/val256/electrons0.95_lattice0.95/report.json
-CHOSEN_TEST256=$DEEP/test256/test_chosen/report.json
+# Promoting a deep candidate past the chosen deep model, one larger set at a time, each only where the candidate's
+# climate score beats the chosen model's on the set before: the 64 extra validation trajectories (val64/), the 256
+# validation trajectories of rates/ (val256/) and the 256 test trajectories of test256/, whose report and model.pt are
+# kept beside the script. The chosen deep model is interpolation/model.pt (session 15); the experiments that ran
+# before it set CHOSEN_BY=long_unroll, the chosen model when they ran (long_unroll/model.pt), so that their reruns
+# compare as they did.
+CHOSEN_BY=${CHOSEN_BY:-interpolation}
+case $CHOSEN_BY in
+  interpolation)
+    CHOSEN_VAL64=$DEEP/interpolation/val64/mix0.5/report.json
+    CHOSEN_VAL256=$DEEP/interpolation/val256/mix0.5/report.json
+    CHOSEN_TEST256=$DEEP/interpolation/test_chosen/report.json ;;
+  long_unroll)
+    CHOSEN_VAL64=$DEEP/long_unroll/val64/parent_x0.95/report.json
+    CHOSEN_VAL256=$DEEP/rates/val256/electrons0.95_lattice0.95/report.json
+    CHOSEN_TEST256=$DEEP/test256/test_chosen/report.json ;;
+  *) echo "lib.sh: CHOSEN_BY=$CHOSEN_BY; use interpolation (the chosen deep model) or long_unroll (the one before)" >&2
+     exit 2 ;;
+esac
 beats() {  # beats REPORT OTHER: REPORT's climate score (lower is better) is below OTHER's
   "$PY" -c 'import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))' \
     "$("$PY" -m holstein_dist.results score --score climate "$1" | awk '{print $1}')" \
@@ -228,7 +240,7 @@ beside_chosen_val64() {
   local reports=() name
   for name in "$@"; do reports+=("$HERE/val64/$name/report.json"); done
   "$PY" -m holstein_dist.results table "$CHOSEN_VAL64" "${reports[@]}" \
-    --names "chosen deep model (momenta split)" "$@" --steps 1 1000 | tee "$HERE/results_val64.md"
+    --names "chosen deep model ($CHOSEN_BY)" "$@" --steps 1 1000 | tee "$HERE/results_val64.md"
   BEST=$(REPORTS=val64 best_of "$@")
   echo "chosen on the 64 validation trajectories: $BEST"
 }
@@ -240,7 +252,7 @@ promote() {  # promote NAME LABEL GUARD...: $WORK/${NAME}_best.pt, with its val6
     --workers 2
   validate_2ranks val256 "$name" "$WORK/${name}_best.pt" "$val256" "$@"
   "$PY" -m holstein_dist.results table "$CHOSEN_VAL256" "$HERE/val256/$name/report.json" \
-    --names "chosen deep model (momenta split)" "$name ($label)" --steps 1 1000 | tee "$HERE/results_val256.md"
+    --names "chosen deep model ($CHOSEN_BY)" "$name ($label)" --steps 1 1000 | tee "$HERE/results_val256.md"
   beats "$HERE/val256/$name/report.json" "$CHOSEN_VAL256" || { echo "$name does not beat the chosen model on val256"; return 0; }
   local test256=${TEST256_DATA:-$WORK/data_test256}
   stage generate_test256 "$PY" -m holstein_dist.generate --config "$DEEP/test256/data_test256.yaml" \
@@ -250,5 +262,5 @@ promote() {  # promote NAME LABEL GUARD...: $WORK/${NAME}_best.pt, with its val6
     "$@" --baseline-steps 100
   keep_results "$WORK/test_chosen" "$HERE/test_chosen"
   "$PY" -m holstein_dist.results table "$CHOSEN_TEST256" "$HERE/test_chosen/report.json" \
-    --names "chosen deep model (momenta split)" "$name ($label)" --steps 1 10 100 1000 | tee "$HERE/results.md"
+    --names "chosen deep model ($CHOSEN_BY)" "$name ($label)" --steps 1 10 100 1000 | tee "$HERE/results.md"
 }

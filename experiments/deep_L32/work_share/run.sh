@@ -17,6 +17,7 @@
 #      256 test trajectories, each only where it beats the chosen model on the set before (lib.sh promote).
 #   bash experiments/deep_L32/work_share/run.sh    (~1 h 50 min on 2 CPU cores once the deep data sets exist)
 HERE=$(cd "$(dirname "$0")" && pwd)
+CHOSEN_BY=long_unroll  # the chosen deep model when this ran: the one to beat
 source "$HERE/../../lib.sh"
 deep_data
 deep_val64

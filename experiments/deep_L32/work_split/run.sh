@@ -14,6 +14,7 @@
 #      trajectories of ../test256 only where it beats the chosen model on the set before.
 #   bash experiments/deep_L32/work_split/run.sh    (~1 h 30 min on 2 CPU cores once the deep data sets exist)
 HERE=$(cd "$(dirname "$0")" && pwd)
+CHOSEN_BY=long_unroll  # the chosen deep model when this ran: the one to beat
 source "$HERE/../../lib.sh"
 deep_data
 deep_val64
