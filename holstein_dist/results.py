@@ -581,7 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rollouts.add_argument("--work-share", type=float, default=1.0,
                           help="with --energy-split work: evaluate with evaluate --work-share")
     rollouts.add_argument("--symmetrize", action="store_true", help="evaluate with evaluate --symmetrize")
-    average = sub.add_parser("average", help="average the weights of checkpoints of one run into one model file")
+    average = sub.add_parser("average", help="average the weights of checkpoints of one run into one model file "
+                                             "(--weights: a weighted mean, e.g. between a model and its fine-tune)")
     average.add_argument("checkpoints", nargs="+", type=Path, help="step-*.pt files (or run dirs) of one run")
     average.add_argument("--out", type=Path, required=True, help="model file to write")
     average.add_argument("--weights", type=float, nargs="+",
