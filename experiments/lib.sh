@@ -80,6 +80,16 @@ shallow_vs_original() {
     --steps 1 100 600 1200 | tee "$HERE/results.md"
 }
 
+# calibrate_twice MODEL OUT SPAN POINTS ARGS...: results calibrate ARGS on a coarse grid (1 +- SPAN, POINTS factors),
+# then on a fine one (1 +- 0.05 %, 11 factors) around the best; the grids' CSVs beside the script, the model in OUT
+calibrate_twice() {
+  local model=$1 out=$2 span=$3 points=$4; shift 4
+  stage calibrate_coarse "$PY" -m holstein_dist.results calibrate "$model" "$@" --span "$span" --points "$points" \
+    --work "$WORK/calibrate_coarse" --out "$HERE/calibration_coarse.csv" --export "$WORK/calibrated_coarse.pt"
+  stage calibrate_fine "$PY" -m holstein_dist.results calibrate "$WORK/calibrated_coarse.pt" "$@" --span 0.0005 \
+    --points 11 --work "$WORK/calibrate_fine" --out "$HERE/calibration_fine.csv" --export "$out"
+}
+
 # shallow_single_step DIR: stage 1 of the shallow rounds 2 and 3 (experiments/shallow_L16/DIR holds its config
 # and gets its curve): generate the shallow L=16 set into $WORK/data, the long annealed single-step stage, and
 # its checkpoint with the best long-rollout score on validation exported to $WORK/chosen_n1.pt.

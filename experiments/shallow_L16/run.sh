@@ -29,12 +29,7 @@ stage curve_finetune "$PY" -m holstein_dist.results rollout-curve "$WORK/run_fin
   --work "$WORK/curve_finetune" --out "$HERE/rollout_curve_val_finetune_long.csv"
 last=$(ls "$WORK/run_finetune/checkpoints"/step-*.pt | sort | tail -1)
 CALIBRATE=(--symmetrize --score balanced)
-stage calibrate_coarse "$PY" -m holstein_dist.results calibrate "$last" "${LONG_VAL[@]}" "${CALIBRATE[@]}" \
-  --span 0.012 --points 13 --work "$WORK/calibrate_coarse" --out "$HERE/calibration_coarse.csv" \
-  --export "$WORK/calibrated_coarse.pt"
-stage calibrate_fine "$PY" -m holstein_dist.results calibrate "$WORK/calibrated_coarse.pt" "${LONG_VAL[@]}" \
-  "${CALIBRATE[@]}" --span 0.0005 --points 11 --work "$WORK/calibrate_fine" --out "$HERE/calibration_fine.csv" \
-  --export "$HERE/model.pt"
+calibrate_twice "$last" "$HERE/model.pt" 0.012 13 "${LONG_VAL[@]}" "${CALIBRATE[@]}"
 shallow_vs_original "$WORK/data"
 # The original with the same group averaging (it cannot be rate-calibrated: its format has no increment factor).
 stage evaluate_reference_symmetrized "$PY" -m holstein_dist.evaluate --checkpoint \

@@ -23,12 +23,7 @@ stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16
 stage generate_val32 "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$WORK/data_val32" \
   --workers 2 splits.train=0 splits.val=32 splits.test=0 seed=20261201
 # 1. the lattice's factor
-stage calibrate_coarse "$PY" -m holstein_dist.results calibrate "$ROUND4" "${LONG_VAL[@]}" "${CALIBRATE[@]}" \
-  --span 0.01 --points 11 --work "$WORK/calibrate_coarse" --out "$HERE/calibration_coarse.csv" \
-  --export "$WORK/lattice_coarse.pt"
-stage calibrate_fine "$PY" -m holstein_dist.results calibrate "$WORK/lattice_coarse.pt" "${LONG_VAL[@]}" \
-  "${CALIBRATE[@]}" --span 0.0005 --points 11 --work "$WORK/calibrate_fine" --out "$HERE/calibration_fine.csv" \
-  --export "$WORK/lattice.pt"
+calibrate_twice "$ROUND4" "$WORK/lattice.pt" 0.01 11 "${LONG_VAL[@]}" "${CALIBRATE[@]}"
 # 2. the check on the 32 trajectories of another seed
 for name in lattice:"$WORK/lattice.pt" round4:"$ROUND4" original:"$ORIGINAL"; do
   [ -f "$WORK/val32_${name%%:*}/report.json" ] || stage "val32_${name%%:*}" "$PY" -m holstein_dist.evaluate \
