@@ -239,10 +239,11 @@ case $CHOSEN_BY in
   *) echo "lib.sh: CHOSEN_BY=$CHOSEN_BY; use interpolation (the chosen deep model) or long_unroll (the one before)" >&2
      exit 2 ;;
 esac
-beats() {  # beats REPORT OTHER: REPORT's climate score (lower is better) is below OTHER's
+beats() {  # beats REPORT OTHER [SCORE]: REPORT's score (default climate; lower is better) is below OTHER's, not tied
+  local score=${3:-climate}
   "$PY" -c 'import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))' \
-    "$("$PY" -m holstein_dist.results score --score climate "$1" | awk '{print $1}')" \
-    "$("$PY" -m holstein_dist.results score --score climate "$2" | awk '{print $1}')"
+    "$("$PY" -m holstein_dist.results score --score "$score" "$1" | awk '{print $1}')" \
+    "$("$PY" -m holstein_dist.results score --score "$score" "$2" | awk '{print $1}')"
 }
 # beside_chosen_val64 NAME...: the val64/NAME reports beside the chosen model's (results_val64.md); sets BEST, the name
 # with the lowest climate score there
