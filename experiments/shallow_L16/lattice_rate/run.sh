@@ -9,7 +9,8 @@
 #   2. it, round 4 and the original on the 32 validation trajectories of another seed (../validation_32.md's set),
 #      which the fit never saw, by the balanced score;
 #   3. only where it beats round 4 there: the test split beside the original, as ../results.md.
-#   bash experiments/shallow_L16/lattice_rate/run.sh    (~5 min on 2 CPU cores, ~8 min more when it tests; WORK=DIR for the large files)
+#   bash experiments/shallow_L16/lattice_rate/run.sh    (~5 min on 2 CPU cores, ~8 min more when it tests;
+#   WORK=DIR for the large files)
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
 WORK=${WORK:-$HERE/work}
