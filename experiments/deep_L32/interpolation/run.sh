@@ -42,8 +42,8 @@ for name in $(REPORTS=val64 ranked "${RUNS[@]}" | sed -n 1,2p); do
   validate_2ranks val256 "$name" "$WORK/${name}_best.pt" "$VAL256_DATA" --conserve
   TOP+=("$name")
 done
-"$PY" -m holstein_dist.results table "$CHOSEN_VAL256" "${TOP[@]/#/$HERE/val256/}" --names "chosen deep model ($CHOSEN_BY)" \
-  "${TOP[@]}" --steps 1 1000 | tee "$HERE/results_val256_top2.md"
+"$PY" -m holstein_dist.results table "$CHOSEN_VAL256" "${TOP[@]/#/$HERE/val256/}" \
+  --names "chosen deep model ($CHOSEN_BY)" "${TOP[@]}" --steps 1 1000 | tee "$HERE/results_val256_top2.md"
 BEST=$(REPORTS=val256 best_of "${TOP[@]}")
 promote "$BEST" "weight ${BEST#mix} on the fine-tune" --conserve
 write_times "$HERE/wall_times.json"
