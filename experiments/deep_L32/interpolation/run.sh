@@ -10,7 +10,8 @@
 #      trajectories x 1000 steps (2 ranks, the momenta-split guard --conserve, ~5 min each);
 #   3. the best two there (64 rollouts cannot rank points this close) on the 256 validation trajectories x 1000
 #      steps (~17 min each), and the better of them on to the 256 test trajectories, where it beats the chosen model
-#      on both validation sets (lib.sh promote; the model to beat: ../long_unroll/model.pt, CHOSEN_BY=long_unroll).
+#      on both validation sets (lib.sh promote; the model to beat: ../long_unroll/model.pt, CHOSEN_BY=long_unroll);
+#   4. the promoted model on the 64-trajectory test split of ../run.sh too (~5 min).
 #   bash experiments/deep_L32/interpolation/run.sh    (~1 h 30 min on 2 CPU cores once the deep data sets exist)
 HERE=$(cd "$(dirname "$0")" && pwd)
 CHOSEN_BY=long_unroll  # the chosen deep model when this ran: the one to beat
@@ -46,4 +47,10 @@ done
   --names "chosen deep model ($CHOSEN_BY)" "${TOP[@]}" --steps 1 1000 | tee "$HERE/results_val256_top2.md"
 BEST=$(REPORTS=val256 best_of "${TOP[@]}")
 promote "$BEST" "weight ${BEST#mix} on the fine-tune" --conserve
+# 4. the promoted model on ../run.sh's 64-trajectory test split as well, the set of the README's deep table
+if [ -f "$HERE/test_chosen/report.json" ]; then
+  evaluate_2ranks test64 "$WORK/test64" --checkpoint "$HERE/model.pt" --data "$DATA" --split test --conserve \
+    --baseline-steps 0 --no-plots
+  mkdir -p "$HERE/test64" && cp "$WORK/test64/report.json" "$HERE/test64/"
+fi
 write_times "$HERE/wall_times.json"
