@@ -90,6 +90,20 @@ calibrate_twice() {
     --points 11 --work "$WORK/calibrate_fine" --out "$HERE/calibration_fine.csv" --export "$out"
 }
 
+# shallow_val32 NAME:CHECKPOINT...: the shallow set's 32 extra validation trajectories of another seed (none of the 4
+# that checkpoints and rates are chosen on; $WORK/data_val32, generated here) x 1200 steps, each model's report in
+# $WORK/val32_NAME (kept when there)
+shallow_val32() {
+  stage generate_val32 "$PY" -m holstein_dist.generate --config "$ROOT/configs/data/shallow_L16.yaml" \
+    --out "$WORK/data_val32" --workers 2 splits.train=0 splits.val=32 splits.test=0 seed=20261201
+  local spec
+  for spec in "$@"; do
+    [ -f "$WORK/val32_${spec%%:*}/report.json" ] || stage "val32_${spec%%:*}" "$PY" -m holstein_dist.evaluate \
+      --checkpoint "${spec#*:}" --data "$WORK/data_val32" --split val --steps 1200 --baseline-steps 0 --no-plots \
+      --out "$WORK/val32_${spec%%:*}"
+  done
+}
+
 # shallow_single_step DIR: stage 1 of the shallow rounds 2 and 3 (experiments/shallow_L16/DIR holds its config
 # and gets its curve): generate the shallow L=16 set into $WORK/data, the long annealed single-step stage, and
 # its checkpoint with the best long-rollout score on validation exported to $WORK/chosen_n1.pt.
@@ -132,6 +146,17 @@ deep_val64() {
   VAL64_DATA=$PARENT_WORK/data_val64
   stage generate_val64 "$PY" -m holstein_dist.generate --config experiments/deep_L32/long_unroll/data_val64.yaml \
     --out "$VAL64_DATA" --workers 2
+}
+
+# deep_val256: the 256 deep validation trajectories x 1000 steps of ../rates (rates/data_val256.yaml), the set a
+# candidate that beats the chosen model on val64 is ranked on next; sets VAL256_DATA (beside the deep set unless
+# given) and generates it once per script.
+deep_val256() {
+  VAL256_DATA=${VAL256_DATA:-$PARENT_WORK/data_val256}
+  [ -n "${VAL256_GENERATED:-}" ] && return 0
+  stage generate_val256 "$PY" -m holstein_dist.generate --config "$DEEP/rates/data_val256.yaml" \
+    --out "$VAL256_DATA" --workers 2
+  VAL256_GENERATED=1
 }
 
 # evaluate_2ranks NAME OUT ARGS...: stage NAME, evaluate's ARGS with --out OUT run by two ranks that share the
@@ -258,10 +283,8 @@ beside_chosen_val64() {
 promote() {  # promote NAME LABEL GUARD...: $WORK/${NAME}_best.pt, with its val64/NAME report, on to val256 and test256
   local name=$1 label=$2; shift 2
   beats "$HERE/val64/$name/report.json" "$CHOSEN_VAL64" || { echo "$name does not beat the chosen model on val64"; return 0; }
-  local val256=${VAL256_DATA:-$PARENT_WORK/data_val256}
-  stage generate_val256 "$PY" -m holstein_dist.generate --config "$DEEP/rates/data_val256.yaml" --out "$val256" \
-    --workers 2
-  validate_2ranks val256 "$name" "$WORK/${name}_best.pt" "$val256" "$@"
+  deep_val256
+  validate_2ranks val256 "$name" "$WORK/${name}_best.pt" "$VAL256_DATA" "$@"
   "$PY" -m holstein_dist.results table "$CHOSEN_VAL256" "$HERE/val256/$name/report.json" \
     --names "chosen deep model ($CHOSEN_BY)" "$name ($label)" --steps 1 1000 | tee "$HERE/results_val256.md"
   beats "$HERE/val256/$name/report.json" "$CHOSEN_VAL256" || { echo "$name does not beat the chosen model on val256"; return 0; }

@@ -188,13 +188,13 @@ def swing_rows(reports: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Any
     first = next((s for s in sections if s.get("truth")), None)
     if first is None:
         return []
+    def gap(section: Mapping[str, Any], i: int) -> int | None:
+        lags = [parts[i]["trough_lag"] if parts else None for parts in (section.get("truth"), section.get("model"))]
+        return None if None in lags else abs(lags[1] - lags[0])
+
     rows = []
     for i, part in enumerate(first["truth"]):
-        gaps = []
-        for section in sections:
-            truth, model = (section.get(side) or [None] * (i + 1) for side in ("truth", "model"))
-            lags = [p and p["trough_lag"] for p in (truth[i], model[i])]
-            gaps.append(None if None in lags else abs(lags[1] - lags[0]))
+        gaps = [gap(section, i) for section in sections]
         start, stop = part["span"]
         rows.append((f"lattice swing trough lag, steps off the truth's ({part['trough_lag']}), steps {start}-{stop}",
                      gaps))

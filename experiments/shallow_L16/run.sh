@@ -42,12 +42,7 @@ keep_results "$WORK/eval_reference_symmetrized" "$HERE/eval_reference_symmetrize
   | tee "$HERE/results_pooled.md"
 
 # The check: 32 validation trajectories of another seed (none of the 4 the factor was fitted on), three models.
-stage generate_val32 "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$WORK/data_val32" \
-  --workers 2 splits.train=0 splits.val=32 splits.test=0 seed=20261201
-for name in model:"$HERE/model.pt" round3:"$HERE/round3/model.pt" original:"$REFERENCE/tiny-quench_0p5_0p8-L_16"; do
-  "$PY" -m holstein_dist.evaluate --checkpoint "${name#*:}" --data "$WORK/data_val32" --split val --steps 1200 \
-    --baseline-steps 0 --out "$WORK/val32_${name%%:*}"
-done
+shallow_val32 model:"$HERE/model.pt" round3:"$HERE/round3/model.pt" original:"$REFERENCE/tiny-quench_0p5_0p8-L_16"
 "$PY" -m holstein_dist.results table "$WORK"/val32_{model,round3,original} --names "round 4" "round 3" original \
   --steps 1 100 600 1200 --window 100 | tee "$HERE/validation_32.md"
 for score in balanced rmse; do

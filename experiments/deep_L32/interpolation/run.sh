@@ -35,9 +35,7 @@ for weight in ${WEIGHTS:-0.25 0.5 0.75}; do
 done
 # 3. the tables and the promotion
 beside_chosen_val64 "${RUNS[@]}"
-VAL256_DATA=${VAL256_DATA:-$PARENT_WORK/data_val256}
-stage generate_val256 "$PY" -m holstein_dist.generate --config "$DEEP/rates/data_val256.yaml" --out "$VAL256_DATA" \
-  --workers 2
+deep_val256
 TOP=()
 for name in $(REPORTS=val64 ranked "${RUNS[@]}" | sed -n 1,2p); do
   validate_2ranks val256 "$name" "$WORK/${name}_best.pt" "$VAL256_DATA" --conserve

@@ -21,16 +21,12 @@ LONG_VAL=(--data "$WORK/data" --split val --steps 1200)
 CALIBRATE=(--symmetrize --score balanced --components lattice)
 
 stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$WORK/data" --workers 2
-stage generate_val32 "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$WORK/data_val32" \
-  --workers 2 splits.train=0 splits.val=32 splits.test=0 seed=20261201
 # 1. the lattice's factor
 calibrate_twice "$ROUND4" "$WORK/lattice.pt" 0.01 11 "${LONG_VAL[@]}" "${CALIBRATE[@]}"
 # 2. the check on the 32 trajectories of another seed
-for name in lattice:"$WORK/lattice.pt" round4:"$ROUND4" original:"$ORIGINAL"; do
-  [ -f "$WORK/val32_${name%%:*}/report.json" ] || stage "val32_${name%%:*}" "$PY" -m holstein_dist.evaluate \
-    --checkpoint "${name#*:}" --data "$WORK/data_val32" --split val --steps 1200 --baseline-steps 0 --no-plots \
-    --out "$WORK/val32_${name%%:*}"
-  mkdir -p "$HERE/val32/${name%%:*}" && cp "$WORK/val32_${name%%:*}/report.json" "$HERE/val32/${name%%:*}/"
+shallow_val32 lattice:"$WORK/lattice.pt" round4:"$ROUND4" original:"$ORIGINAL"
+for name in lattice round4 original; do
+  mkdir -p "$HERE/val32/$name" && cp "$WORK/val32_$name/report.json" "$HERE/val32/$name/"
 done
 "$PY" -m holstein_dist.results table "$HERE"/val32/{lattice,round4,original}/report.json \
   --names "round 4 + lattice rate" "round 4" original --steps 1 100 600 1200 --window 100 | tee "$HERE/validation_32.md"
