@@ -196,28 +196,37 @@ def tiny_l32_dataset(out: Path) -> Path:
 
 
 def bench_loader(args: argparse.Namespace, consumed: dict[str, float]) -> None:
-    """Windows/s read from the shards (with derivative labels), serial and with DataLoader workers."""
+    """Windows/s (with derivative labels) read from the shards per window and from a preloaded split, serial
+    and with DataLoader workers, side by side in this run."""
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(args.data) if args.data else tiny_l32_dataset(Path(tmp) / "data")
         data = open_data(data_dir)
-        windows = RolloutWindows(data, "train", args.n_step)
-        count = 400
-        sampler = EpochSampler(len(windows), 1, count, seed=0)
-        indices = list(sampler)
-        start = time.perf_counter()
-        for i in indices:
-            windows[i]
-        serial = count / (time.perf_counter() - start)
-        print(f"loader  L={data.L} n_step={args.n_step}: {serial:8.0f} windows/s in one process", flush=True)
-        for workers in args.workers:
-            batches = 60
-            loader = make_loader(windows, EpochSampler(len(windows), args.batch, batches, seed=1), args.batch, workers)
-            it = iter(loader)
-            next(it)  # worker start-up is paid once per epoch; time the steady state
+        count = 2000
+        indices = list(EpochSampler(len(RolloutWindows(data, "train", args.n_step)), 1, count, seed=0))
+        serial = {}
+        for mode, preload_gib in (("files", 0.0), ("preload", 64.0)):
+            windows = RolloutWindows(data, "train", args.n_step, preload_gib=preload_gib)
             start = time.perf_counter()
-            n = sum(b["rho"].shape[0] for b in it)
-            rate = n / (time.perf_counter() - start)
-            print(f"loader  DataLoader, {workers} worker(s), batch {args.batch}: {rate:8.0f} windows/s", flush=True)
+            windows[indices[0]]  # the preload's one-time load (for "files", one read)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            for i in indices:
+                windows[i]
+            serial[mode] = count / (time.perf_counter() - start)
+            print(f"loader  L={data.L} n_step={args.n_step} {mode:7s}: {serial[mode]:8.0f} windows/s in one process "
+                  f"(first item {first:.2f} s)", flush=True)
+            for workers in args.workers:
+                batches = 60
+                loader = make_loader(windows, EpochSampler(len(windows), args.batch, batches, seed=1), args.batch,
+                                     workers)
+                it = iter(loader)
+                next(it)  # worker start-up (and a worker's own preload) is paid once per epoch; time the steady state
+                start = time.perf_counter()
+                n = sum(b["rho"].shape[0] for b in it)
+                rate = n / (time.perf_counter() - start)
+                print(f"loader  {mode:7s} DataLoader, {workers} worker(s), batch {args.batch}: {rate:8.0f} windows/s",
+                      flush=True)
+        print(f"loader  preload / files, one process: {serial['preload'] / serial['files']:.1f}x", flush=True)
     for name, rate in consumed.items():
         print(f"consume {name:7s} training step (eager) consumes {rate:8.1f} windows/s per rank", flush=True)
 
@@ -230,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--L", type=int, default=32)
     parser.add_argument("--n-step", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--models", nargs="+", default=["tiny", "medium"], help="names in configs/model")
+    parser.add_argument("--models", nargs="*", default=["tiny", "medium"],
+                        help="names in configs/model (none: the loader part only)")
     parser.add_argument("--variants", nargs="+", default=None,
                         help="default: eager channels_last compile channels_last+compile bf16 channels_last+bf16 "
                              "(CPU); eager bf16 compile bf16+compile channels_last+bf16+compile (GPU)")

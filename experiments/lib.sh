@@ -90,6 +90,36 @@ calibrate_twice() {
     --points 11 --work "$WORK/calibrate_fine" --out "$HERE/calibration_fine.csv" --export "$out"
 }
 
+# shallow_candidate NAME LABEL MODEL DATA: a shallow model against round 4 (experiments/shallow_L16/model.pt) and the
+# original: first the 32 validation trajectories of another seed (shallow_val32; reports in $HERE/val32/, table and
+# balanced scores in $HERE/validation_32.md); then, only where it beats round 4 there by the balanced score, the
+# test split of DATA: MODEL copied to $HERE/model.pt, all three evaluated there ($HERE/eval*), table in results.md.
+shallow_candidate() {
+  local name=$1 label=$2 model=$3 data=$4 n
+  local round4=$ROOT/experiments/shallow_L16/model.pt original=$REFERENCE/tiny-quench_0p5_0p8-L_16
+  shallow_val32 "$name:$model" round4:"$round4" original:"$original"
+  for n in "$name" round4 original; do
+    mkdir -p "$HERE/val32/$n" && cp "$WORK/val32_$n/report.json" "$HERE/val32/$n/"
+  done
+  "$PY" -m holstein_dist.results table "$HERE"/val32/{"$name",round4,original}/report.json \
+    --names "$label" "round 4" original --steps 1 100 600 1200 --window 100 | tee "$HERE/validation_32.md"
+  "$PY" -m holstein_dist.results score "$HERE"/val32/{"$name",round4,original}/report.json --score balanced \
+    | tee -a "$HERE/validation_32.md"
+  if ! beats "$HERE/val32/$name/report.json" "$HERE/val32/round4/report.json" balanced; then
+    echo "$label does not beat round 4 on the 32 validation trajectories: not tested"
+    return 0
+  fi
+  cp "$model" "$HERE/model.pt"
+  # all three on this machine's copy of the test split (a copy regenerated elsewhere may differ in its last bits)
+  for n in eval:"$HERE/model.pt" eval_round4:"$round4" eval_reference:"$original"; do
+    stage "${n%%:*}" "$PY" -m holstein_dist.evaluate --checkpoint "${n#*:}" --data "$data" --split test \
+      --steps 1200 --out "$WORK/${n%%:*}"
+    keep_results "$WORK/${n%%:*}" "$HERE/${n%%:*}"
+  done
+  "$PY" -m holstein_dist.results table "$HERE"/{eval,eval_round4,eval_reference}/report.json \
+    --names "$label" "round 4" original --steps 1 100 600 1200 --window 100 | tee "$HERE/results.md"
+}
+
 # shallow_val32 NAME:CHECKPOINT...: the shallow set's 32 extra validation trajectories of another seed (none of the 4
 # that checkpoints and rates are chosen on; $WORK/data_val32, generated here) x 1200 steps, each model's report in
 # $WORK/val32_NAME (kept when there)
@@ -104,15 +134,21 @@ shallow_val32() {
   done
 }
 
-# shallow_single_step DIR: stage 1 of the shallow rounds 2 and 3 (experiments/shallow_L16/DIR holds its config
-# and gets its curve): generate the shallow L=16 set into $WORK/data, the long annealed single-step stage, and
-# its checkpoint with the best long-rollout score on validation exported to $WORK/chosen_n1.pt.
+# TRAIN: how a training is launched (one process; an experiment on both cores sets a torchrun line instead)
+TRAIN=("$PY" -m holstein_dist.train)
+TRAIN_2RANKS=("$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m holstein_dist.train)
+
+# shallow_single_step DIR [CONFIG]: stage 1 of the shallow rounds (DIR holds CONFIG, default train_n1_long.yaml, and
+# gets its curve): generate the shallow L=16 set into $SHALLOW_DATA (default $WORK/data), the long annealed
+# single-step stage launched by $TRAIN, and its checkpoint with the best long-rollout score on validation exported
+# to $WORK/chosen_n1.pt.
 shallow_single_step() {
-  local dir=$1
-  stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$WORK/data" --workers 2
-  stage train_n1 "$PY" -m holstein_dist.train --config "$dir/train_n1_long.yaml" data="$WORK/data" \
-    run_dir="$WORK/run_n1"
-  stage select_n1 "$PY" -m holstein_dist.results rollout-curve "$WORK/run_n1" --data "$WORK/data" --split val \
+  local dir=$1 config=${2:-train_n1_long.yaml}
+  SHALLOW_DATA=${SHALLOW_DATA:-$WORK/data}
+  stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" \
+    --workers 2
+  stage train_n1 "${TRAIN[@]}" --config "$dir/$config" data="$SHALLOW_DATA" run_dir="$WORK/run_n1"
+  stage select_n1 "$PY" -m holstein_dist.results rollout-curve "$WORK/run_n1" --data "$SHALLOW_DATA" --split val \
     --steps 1200 --work "$WORK/curve_n1" --out "$dir/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
 }
 

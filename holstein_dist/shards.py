@@ -670,6 +670,15 @@ class Split:
                 out[key][rows] = block
         return out
 
+    def nbytes(self, keys: Sequence[str] = STATE_KEYS) -> int:
+        """Bytes the whole split's ``keys`` take in memory as stored (what reading them all would allocate)."""
+        f = self._file(self.shard_paths[0])
+        total = 0
+        for key in self._check_keys(keys):
+            per_trajectory = math.prod(f[key].shape[1:]) * f[key].dtype.itemsize
+            total += per_trajectory * self.n_trajectories
+        return total
+
     def _check_keys(self, keys: Sequence[str]) -> tuple[str, ...]:
         keys = (keys,) if isinstance(keys, str) else tuple(keys)
         unknown = [k for k in keys if k not in ALL_KEYS]

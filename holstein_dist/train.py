@@ -125,6 +125,9 @@ class TrainConfig:
     """Log scalars (TensorBoard, and a line when not on a terminal) every this many steps."""
     num_workers: int = 2
     """DataLoader worker processes per rank (0 reads in the training process)."""
+    preload_gib: float = 4.0
+    """Read the training split into memory (once per reading process) when its arrays take at most this many
+    GiB; larger splits, or 0, read each window from the HDF5 files. 3x faster steps for the tiny L=16 model."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``: the GPU hpc.dist assigned to this rank if CUDA is available, else CPU."""
     channels_last: bool = False
@@ -155,7 +158,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} is {getattr(self, name)}; it must be >= 1")
-        for name in ("val_windows", "num_workers", "threads", "max_steps"):
+        for name in ("val_windows", "num_workers", "threads", "max_steps", "preload_gib"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} is {getattr(self, name)}; it must be >= 0")
 
@@ -680,7 +683,9 @@ class Trainer:
             pos = self.curriculum.position(self.step)
             stage = self.curriculum.stages[pos.stage]
             if stage.n_step not in train:
-                train[stage.n_step] = RolloutWindows(self.data, cfg.train_split, stage.n_step)
+                train[stage.n_step] = RolloutWindows(self.data, cfg.train_split, stage.n_step,
+                                                     derivatives=cfg.model.kind == "parc",
+                                                     preload_gib=cfg.preload_gib)
             windows = train[stage.n_step]
             epoch_steps = self.curriculum.epoch_steps(pos.stage)
             stop = min(epoch_steps, pos.step_in_epoch + self.end - self.step)

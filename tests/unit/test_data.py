@@ -129,6 +129,46 @@ def test_worker_processes_read_the_same_batches(tiny_data):
             assert torch.equal(a[key], b[key])
 
 
+@pytest.mark.parametrize("derivatives", [True, False])
+def test_preloaded_windows_are_the_windows_read_from_the_files(tiny_data, tmp_path, derivatives):
+    """A preloaded split gives every window exactly as the per-window HDF5 read does, labels included, and
+    then reads nothing from disk: it still answers with the dataset moved away."""
+    data = open_data(tiny_data)
+    from_files = RolloutWindows(data, "train", n_step=3, derivatives=derivatives)
+    preloaded = RolloutWindows(data, "train", n_step=3, derivatives=derivatives, preload_gib=1.0)
+    assert preloaded.preload and not from_files.preload
+    expected = [from_files[i] for i in range(len(from_files))]
+    preloaded[0]
+    data.close()
+    moved = tmp_path / "moved"
+    Path(tiny_data).rename(moved)
+    try:
+        for i, want in enumerate(expected):
+            got = preloaded[i]
+            assert got.keys() == want.keys()
+            for key in want:
+                assert got[key].dtype == want[key].dtype
+                np.testing.assert_array_equal(got[key], want[key])
+    finally:
+        moved.rename(tiny_data)
+
+
+def test_preload_only_below_its_budget_and_never_through_a_pipe(tiny_data):
+    import pickle
+
+    data = open_data(tiny_data)
+    split_bytes = data.split("train").nbytes(("rho", "Q", "P"))
+    assert split_bytes > 0
+    assert not RolloutWindows(data, "train", n_step=2, preload_gib=0.99 * split_bytes / 2**30,
+                              derivatives=False).preload
+    windows = RolloutWindows(data, "train", n_step=2, preload_gib=1.01 * split_bytes / 2**30, derivatives=False)
+    assert windows.preload
+    windows[0]
+    assert windows._memory is not None
+    # A spawned DataLoader worker receives the dataset pickled: without the arrays, it loads its own.
+    assert pickle.loads(pickle.dumps(windows))._memory is None
+
+
 def test_works_with_distributed_sampler(tiny_data):
     windows = RolloutWindows(open_data(tiny_data), "val", n_step=1, derivatives=False)
     seen = []

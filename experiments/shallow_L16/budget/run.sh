@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Shallow quench (g 0.5 -> 0.8), L = 16, round 5: is training budget the lever? Round 4's recipe (../run.sh) and
+# every variant around it (../exploration/variants_round4.csv) stay behind the original tiny model at the same
+# checkpoints; the original trained on ~15x the windows. With the training split read into memory (train
+# preload_gib) a step of the tiny model is ~5x cheaper than when round 4 was trained, so the same recipe gets about
+# twice the windows here, on 2 ranks (gloo, one core each, global batch 128) in about the wall time round 4 took on
+# one core:
+#   1. train_n1.yaml: 24,000 single-step steps (3.1 M windows; round 4: 1.5 M); the checkpoint with the best
+#      1200-step score on the 4 validation trajectories;
+#   2. train_finetune_n8.yaml: 7,200 steps of n_step 8 at lr 1e-4 from it (0.92 M windows; round 4: 0.51 M);
+#   3. its last checkpoint, group-averaged and rate-calibrated exactly as round 4 (--symmetrize --score balanced);
+#   4. it, round 4 and the original on the 32 validation trajectories of another seed; only if it beats round 4
+#      there (balanced score), all three on the test split (lib.sh shallow_candidate).
+#   bash experiments/shallow_L16/budget/run.sh   (~80 min on 2 CPU cores; WORK=DIR for the large files;
+#   SHALLOW_DATA=DIR to reuse ../run.sh's data set, default its work/data)
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/../../lib.sh"
+WORK=${WORK:-$HERE/work}
+SHALLOW_DATA=${SHALLOW_DATA:-$HERE/../work/data}
+TRAIN=("${TRAIN_2RANKS[@]}")
+cd "$ROOT"
+LONG_VAL=(--data "$SHALLOW_DATA" --split val --steps 1200)
+
+shallow_single_step "$HERE" train_n1.yaml
+stage train_finetune "${TRAIN[@]}" --config "$HERE/train_finetune_n8.yaml" data="$SHALLOW_DATA" \
+  run_dir="$WORK/run_finetune" init_from="$WORK/chosen_n1.pt"
+stage curve_finetune "$PY" -m holstein_dist.results rollout-curve "$WORK/run_finetune" "${LONG_VAL[@]}" \
+  --work "$WORK/curve_finetune" --out "$HERE/rollout_curve_val_finetune.csv"
+last=$(ls "$WORK/run_finetune/checkpoints"/step-*.pt | sort | tail -1)
+calibrate_twice "$last" "$WORK/calibrated.pt" 0.012 13 "${LONG_VAL[@]}" --symmetrize --score balanced
+"$PY" -m holstein_dist.results curve "$WORK/run_n1" --out "$HERE/training_curve_n1.csv"
+"$PY" -m holstein_dist.results curve "$WORK/run_finetune" --out "$HERE/training_curve_finetune.csv"
+shallow_candidate budget "round 5 (budget)" "$WORK/calibrated.pt" "$SHALLOW_DATA"
+write_times "$HERE/wall_times.json"
