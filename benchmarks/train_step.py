@@ -205,9 +205,9 @@ def bench_loader(args: argparse.Namespace, consumed: dict[str, float]) -> None:
         indices = list(EpochSampler(len(RolloutWindows(data, "train", args.n_step)), 1, count, seed=0))
         serial = {}
         for mode, preload_gib in (("files", 0.0), ("preload", 64.0)):
-            windows = RolloutWindows(data, "train", args.n_step, preload_gib=preload_gib)
             start = time.perf_counter()
-            windows[indices[0]]  # the preload's one-time load (for "files", one read)
+            windows = RolloutWindows(data, "train", args.n_step, preload_gib=preload_gib)
+            windows[indices[0]]  # with the preload's one-time load in the constructor
             first = time.perf_counter() - start
             start = time.perf_counter()
             for i in indices:

@@ -60,10 +60,11 @@ class RolloutWindows(Dataset):
     Item: ``rho`` [n+1, L, L] complex64, ``Q``/``P`` [n+1, L] float32 and, with ``derivatives``, the labels
     ``drho`` [n, L, L] complex64, ``dQ``/``dP`` [n, L] float32 at the n mid-interval states.
 
-    With ``preload_gib`` > 0 and a split whose arrays fit in that many GiB, the first item read in a process
-    loads the whole split (and computes every label) once; items are then slices of memory. Reading each
-    window from HDF5 costs ~1 ms of Python and library overhead per window, which for the tiny L=16 model was
-    two thirds of a training step. The items are the same either way.
+    With ``preload_gib`` > 0 and a split whose arrays fit in that many GiB, the constructor loads the whole split
+    (and computes every label) once; items are then slices of memory. Reading each window from HDF5 costs ~1 ms
+    of Python and library overhead, which for the tiny L=16 model was two thirds of a training step. The items
+    are the same either way. Loading here, in the training process, lets forked DataLoader workers share the
+    arrays (copy-on-write) instead of each loading its own copy every epoch.
     """
 
     def __init__(self, data: shards.Dataset, split: str, n_step: int, derivatives: bool = True,
@@ -82,9 +83,11 @@ class RolloutWindows(Dataset):
         keys = STATE_KEYS + (shards.MID_KEYS if derivatives else ())
         self.preload = preload_gib > 0 and self.split.nbytes(keys) <= preload_gib * 2**30
         self._memory: dict[str, np.ndarray] | None = None
+        if self.preload:
+            self._load()
 
     def __getstate__(self) -> dict[str, Any]:
-        # A spawned DataLoader worker loads its own copy rather than receiving the arrays through a pipe.
+        # A spawned (not forked) DataLoader worker loads its own copy rather than receiving the arrays by pipe.
         return {**self.__dict__, "_memory": None}
 
     def __len__(self) -> int:

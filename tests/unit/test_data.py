@@ -115,9 +115,11 @@ def test_input_noise_is_a_function_of_its_coordinates():
     assert big[2].std().item() == pytest.approx(2e-2, rel=0.1)
 
 
-def test_worker_processes_read_the_same_batches(tiny_data):
-    """h5py handles are opened inside each forked worker: parallel loading returns the serial batches."""
-    windows = RolloutWindows(open_data(tiny_data), "train", n_step=2)
+@pytest.mark.parametrize("preload_gib", [0.0, 1.0])
+def test_worker_processes_read_the_same_batches(tiny_data, preload_gib):
+    """h5py handles are opened inside each forked worker, a preloaded split is inherited by it: parallel loading
+    returns the serial batches."""
+    windows = RolloutWindows(open_data(tiny_data), "train", n_step=2, preload_gib=preload_gib)
     serial = list(make_loader(windows, EpochSampler(len(windows), 4, 3, seed=0), 4, num_workers=0))
     # Touch the files in the parent first, so a handle exists that the children must not reuse.
     windows[0]
@@ -138,7 +140,6 @@ def test_preloaded_windows_are_the_windows_read_from_the_files(tiny_data, tmp_pa
     preloaded = RolloutWindows(data, "train", n_step=3, derivatives=derivatives, preload_gib=1.0)
     assert preloaded.preload and not from_files.preload
     expected = [from_files[i] for i in range(len(from_files))]
-    preloaded[0]
     data.close()
     moved = tmp_path / "moved"
     Path(tiny_data).rename(moved)
@@ -162,9 +163,7 @@ def test_preload_only_below_its_budget_and_never_through_a_pipe(tiny_data):
     assert not RolloutWindows(data, "train", n_step=2, preload_gib=0.99 * split_bytes / 2**30,
                               derivatives=False).preload
     windows = RolloutWindows(data, "train", n_step=2, preload_gib=1.01 * split_bytes / 2**30, derivatives=False)
-    assert windows.preload
-    windows[0]
-    assert windows._memory is not None
+    assert windows.preload and windows._memory is not None  # loaded by the constructor, before any fork
     # A spawned DataLoader worker receives the dataset pickled: without the arrays, it loads its own.
     assert pickle.loads(pickle.dumps(windows))._memory is None
 
