@@ -68,7 +68,7 @@ class RolloutWindows(Dataset):
     """
 
     def __init__(self, data: shards.Dataset, split: str, n_step: int, derivatives: bool = True,
-                 preload_gib: float = 0.0) -> None:
+                 preload_gib: float = 0.0, memory: dict[str, np.ndarray] | None = None) -> None:
         self.split = data.split(split)
         self.n_step = int(n_step)
         self.derivatives = derivatives
@@ -81,10 +81,16 @@ class RolloutWindows(Dataset):
                 f"{data.n_snapshots}; lower n_step (or val_n_step) or generate longer trajectories"
             )
         keys = STATE_KEYS + (shards.MID_KEYS if derivatives else ())
-        self.preload = preload_gib > 0 and self.split.nbytes(keys) <= preload_gib * 2**30
-        self._memory: dict[str, np.ndarray] | None = None
+        self.preload = memory is not None or (preload_gib > 0 and self.split.nbytes(keys) <= preload_gib * 2**30)
+        self._memory = memory
         if self.preload:
             self._load()
+
+    @property
+    def memory(self) -> dict[str, np.ndarray] | None:
+        """The preloaded split (None when windows are read from the files): pass it as ``memory`` to the windows of
+        another n_step over the same split and labels, so a curriculum holds one copy, not one per n_step."""
+        return self._memory
 
     def __getstate__(self) -> dict[str, Any]:
         # A spawned (not forked) DataLoader worker loads its own copy rather than receiving the arrays by pipe.

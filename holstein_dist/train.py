@@ -683,9 +683,10 @@ class Trainer:
             pos = self.curriculum.position(self.step)
             stage = self.curriculum.stages[pos.stage]
             if stage.n_step not in train:
+                loaded = next(iter(train.values())).memory if train else None  # one copy for every n_step
                 train[stage.n_step] = RolloutWindows(self.data, cfg.train_split, stage.n_step,
                                                      derivatives=cfg.model.kind == "parc",
-                                                     preload_gib=cfg.preload_gib)
+                                                     preload_gib=cfg.preload_gib, memory=loaded)
             windows = train[stage.n_step]
             epoch_steps = self.curriculum.epoch_steps(pos.stage)
             stop = min(epoch_steps, pos.step_in_epoch + self.end - self.step)

@@ -166,6 +166,11 @@ def test_preload_only_below_its_budget_and_never_through_a_pipe(tiny_data):
     assert windows.preload and windows._memory is not None  # loaded by the constructor, before any fork
     # A spawned DataLoader worker receives the dataset pickled: without the arrays, it loads its own.
     assert pickle.loads(pickle.dumps(windows))._memory is None
+    # Another n_step over the same split shares the arrays instead of loading a second copy.
+    longer = RolloutWindows(data, "train", n_step=4, derivatives=False, memory=windows.memory)
+    assert longer.memory is windows.memory
+    from_files = RolloutWindows(data, "train", n_step=4, derivatives=False)
+    np.testing.assert_array_equal(longer[3]["rho"], from_files[3]["rho"])
 
 
 def test_works_with_distributed_sampler(tiny_data):
