@@ -82,42 +82,48 @@ shallow_vs_original() {
 
 # calibrate_twice MODEL OUT SPAN POINTS ARGS...: results calibrate ARGS on a coarse grid (1 +- SPAN, POINTS factors),
 # then on a fine one (1 +- 0.05 %, 11 factors) around the best; the grids' CSVs beside the script, the model in OUT
+# (CALIBRATION=NAME names the CSVs NAME_coarse.csv / NAME_fine.csv, for a script that calibrates several models)
 calibrate_twice() {
-  local model=$1 out=$2 span=$3 points=$4; shift 4
-  stage calibrate_coarse "$PY" -m holstein_dist.results calibrate "$model" "$@" --span "$span" --points "$points" \
-    --work "$WORK/calibrate_coarse" --out "$HERE/calibration_coarse.csv" --export "$WORK/calibrated_coarse.pt"
-  stage calibrate_fine "$PY" -m holstein_dist.results calibrate "$WORK/calibrated_coarse.pt" "$@" --span 0.0005 \
-    --points 11 --work "$WORK/calibrate_fine" --out "$HERE/calibration_fine.csv" --export "$out"
+  local model=$1 out=$2 span=$3 points=$4 name=${CALIBRATION:-calibration} p=${CALIBRATION:+${CALIBRATION}_}
+  shift 4
+  stage "${p}calibrate_coarse" "$PY" -m holstein_dist.results calibrate "$model" "$@" --span "$span" \
+    --points "$points" --work "$WORK/${p}calibrate_coarse" --out "$HERE/${name}_coarse.csv" \
+    --export "$WORK/${p}calibrated_coarse.pt"
+  stage "${p}calibrate_fine" "$PY" -m holstein_dist.results calibrate "$WORK/${p}calibrated_coarse.pt" "$@" \
+    --span 0.0005 --points 11 --work "$WORK/${p}calibrate_fine" --out "$HERE/${name}_fine.csv" --export "$out"
 }
 
-# shallow_candidate NAME LABEL MODEL DATA: a shallow model against round 4 (experiments/shallow_L16/model.pt) and the
+# shallow_candidate NAME LABEL MODEL DATA: a shallow model against round 4 (experiments/shallow_L16/model.pt; see BASE) and the
 # original: first the 32 validation trajectories of another seed (shallow_val32; reports in $HERE/val32/, table and
 # balanced scores in $HERE/validation_32.md); then, only where it beats round 4 there by the balanced score, the
 # test split of DATA: MODEL copied to $HERE/model.pt, all three evaluated there ($HERE/eval*), table in results.md.
+# The model to beat is round 4 unless BASE=NAME:MODEL:LABEL says otherwise (e.g. round5:<path>:"round 5").
 shallow_candidate() {
   local name=$1 label=$2 model=$3 data=$4 n
-  local round4=$ROOT/experiments/shallow_L16/model.pt original=$REFERENCE/tiny-quench_0p5_0p8-L_16
-  shallow_val32 "$name:$model" round4:"$round4" original:"$original"
-  for n in "$name" round4 original; do
+  local base=${BASE:-round4:$ROOT/experiments/shallow_L16/model.pt:round 4}
+  local b=${base%%:*} rest=${base#*:}
+  local base_model=${rest%%:*} base_label=${rest#*:} original=$REFERENCE/tiny-quench_0p5_0p8-L_16
+  shallow_val32 "$name:$model" "$b:$base_model" original:"$original"
+  for n in "$name" "$b" original; do
     mkdir -p "$HERE/val32/$n" && cp "$WORK/val32_$n/report.json" "$HERE/val32/$n/"
   done
-  "$PY" -m holstein_dist.results table "$HERE"/val32/{"$name",round4,original}/report.json \
-    --names "$label" "round 4" original --steps 1 100 600 1200 --window 100 | tee "$HERE/validation_32.md"
-  "$PY" -m holstein_dist.results score "$HERE"/val32/{"$name",round4,original}/report.json --score balanced \
+  "$PY" -m holstein_dist.results table "$HERE"/val32/{"$name","$b",original}/report.json \
+    --names "$label" "$base_label" original --steps 1 100 600 1200 --window 100 | tee "$HERE/validation_32.md"
+  "$PY" -m holstein_dist.results score "$HERE"/val32/{"$name","$b",original}/report.json --score balanced \
     | tee -a "$HERE/validation_32.md"
-  if ! beats "$HERE/val32/$name/report.json" "$HERE/val32/round4/report.json" balanced; then
-    echo "$label does not beat round 4 on the 32 validation trajectories: not tested"
+  if ! beats "$HERE/val32/$name/report.json" "$HERE/val32/$b/report.json" balanced; then
+    echo "$label does not beat $base_label on the 32 validation trajectories: not tested"
     return 0
   fi
   cp "$model" "$HERE/model.pt"
   # all three on this machine's copy of the test split (a copy regenerated elsewhere may differ in its last bits)
-  for n in eval:"$HERE/model.pt" eval_round4:"$round4" eval_reference:"$original"; do
+  for n in eval:"$HERE/model.pt" "eval_$b:$base_model" eval_reference:"$original"; do
     stage "${n%%:*}" "$PY" -m holstein_dist.evaluate --checkpoint "${n#*:}" --data "$data" --split test \
       --steps 1200 --out "$WORK/${n%%:*}"
     keep_results "$WORK/${n%%:*}" "$HERE/${n%%:*}"
   done
-  "$PY" -m holstein_dist.results table "$HERE"/{eval,eval_round4,eval_reference}/report.json \
-    --names "$label" "round 4" original --steps 1 100 600 1200 --window 100 | tee "$HERE/results.md"
+  "$PY" -m holstein_dist.results table "$HERE"/{eval,"eval_$b",eval_reference}/report.json \
+    --names "$label" "$base_label" original --steps 1 100 600 1200 --window 100 | tee "$HERE/results.md"
 }
 
 # shallow_val32 NAME:CHECKPOINT...: the shallow set's 32 extra validation trajectories of another seed (none of the 4
