@@ -93,8 +93,8 @@ calibrate_twice() {
     --span 0.0005 --points 11 --work "$WORK/${p}calibrate_fine" --out "$HERE/${name}_fine.csv" --export "$out"
 }
 
-# shallow_candidate NAME LABEL MODEL DATA: a shallow model against round 4 (experiments/shallow_L16/model.pt; see BASE) and the
-# original: first the 32 validation trajectories of another seed (shallow_val32; reports in $HERE/val32/, table and
+# shallow_candidate NAME LABEL MODEL DATA: a shallow model against round 4 (experiments/shallow_L16/model.pt; see
+# BASE) and the original: first the 32 validation trajectories of another seed (shallow_val32; reports in $HERE/val32/, table and
 # balanced scores in $HERE/validation_32.md); then, only where it beats round 4 there by the balanced score, the
 # test split of DATA: MODEL copied to $HERE/model.pt, all three evaluated there ($HERE/eval*), table in results.md.
 # The model to beat is round 4 unless BASE=NAME:MODEL:LABEL says otherwise (e.g. round5:<path>:"round 5").
@@ -306,10 +306,15 @@ case $CHOSEN_BY in
   *) echo "lib.sh: CHOSEN_BY=$CHOSEN_BY; use interpolation (the chosen deep model) or long_unroll (the one before)" >&2
      exit 2 ;;
 esac
+lower() {  # lower A B: number A is strictly below number B
+  "$PY" -c 'import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))' "$1" "$2"
+}
+best_calibrated_score() {  # best_calibrated_score CSV: the lowest score of a results calibrate grid
+  awk -F, 'NR > 1 {print $NF}' "$1" | sort -g | head -1
+}
 beats() {  # beats REPORT OTHER [SCORE]: REPORT's score (default climate; lower is better) is below OTHER's, not tied
   local score=${3:-climate}
-  "$PY" -c 'import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))' \
-    "$("$PY" -m holstein_dist.results score --score "$score" "$1" | awk '{print $1}')" \
+  lower "$("$PY" -m holstein_dist.results score --score "$score" "$1" | awk '{print $1}')" \
     "$("$PY" -m holstein_dist.results score --score "$score" "$2" | awk '{print $1}')"
 }
 # beside_chosen_val64 NAME...: the val64/NAME reports beside the chosen model's (results_val64.md); sets BEST, the name

@@ -127,10 +127,15 @@ class RolloutWindows(Dataset):
             everything = range(self.split.n_trajectories)
             memory = _training_precision(self.split.read_many(everything, keys=STATE_KEYS))
             if self.derivatives:
-                # Trajectory by trajectory: the same arithmetic per snapshot as a window's, in bounded scratch.
-                labels = [_training_precision(dict(zip(LABEL_KEYS, self._labels(
-                    self.split.read(t, 0, keys=shards.MID_KEYS))))) for t in everything]
-                memory.update((k, np.stack([one[k] for one in labels])) for k in LABEL_KEYS)
+                # Trajectory by trajectory: the same arithmetic per snapshot as a window's, in bounded scratch,
+                # written straight into the arrays (a label has its mid state's shape, in training precision).
+                for t in everything:
+                    labels = _training_precision(dict(zip(LABEL_KEYS, self._labels(
+                        self.split.read(t, 0, keys=shards.MID_KEYS)))))
+                    for key, value in labels.items():
+                        if key not in memory:
+                            memory[key] = np.empty((len(everything),) + value.shape, value.dtype)
+                        memory[key][t] = value
             self._memory = memory
         return self._memory
 

@@ -54,6 +54,11 @@ class ModelConfig:
     (:mod:`holstein_dist.symmetry`), making the model exactly equivariant under them at 4x the network cost;
     no parameters, so it can be switched on for any trained model (``evaluate --symmetrize``)."""
 
+    @property
+    def has_differentiator(self) -> bool:
+        """PARC predicts the time derivative too, and training supervises it with the exact one."""
+        return self.kind == "parc"
+
     def __post_init__(self) -> None:
         if self.kind not in ("simple", "parc"):
             raise ValueError(f"kind is {self.kind!r}; choose 'simple' or 'parc'")

@@ -686,7 +686,7 @@ class Trainer:
             if stage.n_step not in train:
                 loaded = next(iter(train.values())).memory if train else None  # one copy for every n_step
                 train[stage.n_step] = RolloutWindows(self.data, cfg.train_split, stage.n_step,
-                                                     derivatives=cfg.model.kind == "parc",
+                                                     derivatives=cfg.model.has_differentiator,
                                                      preload_gib=cfg.preload_gib, memory=loaded)
             windows = train[stage.n_step]
             epoch_steps = self.curriculum.epoch_steps(pos.stage)

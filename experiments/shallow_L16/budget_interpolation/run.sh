@@ -26,11 +26,12 @@ for w in 0.25 0.5 0.75; do
     --weights "$("$PY" -c "print(1 - $w)")" "$w" --out "$WORK/mix$w.pt"
   CALIBRATION=mix$w calibrate_twice "$WORK/mix$w.pt" "$WORK/mix${w}_calibrated.pt" 0.012 13 "${LONG_VAL[@]}" \
     --symmetrize --score balanced
-  score=$(awk -F, 'NR > 1 {print $NF}' "$HERE/mix${w}_fine.csv" | sort -g | head -1)
+  score=$(best_calibrated_score "$HERE/mix${w}_fine.csv")
   echo "w = $w: balanced score on the 4 validation trajectories $score" | tee -a "$HERE/scores_val4.txt"
-  if [ -z "$best" ] || "$PY" -c "import sys; sys.exit(not $score < $best_score)"; then best=$w best_score=$score; fi
+  if [ -z "$best" ] || lower "$score" "$best_score"; then best=$w best_score=$score; fi
 done
-echo "best on the 4: w = $best ($best_score); round 5: $(awk -F, 'NR > 1 {print $NF}' "$HERE/../budget/calibration_fine.csv" | sort -g | head -1)" | tee -a "$HERE/scores_val4.txt"
+echo "best on the 4: w = $best ($best_score); round 5: $(best_calibrated_score "$HERE/../budget/calibration_fine.csv")" \
+  | tee -a "$HERE/scores_val4.txt"
 BASE="round5:$HERE/../budget/model.pt:round 5" shallow_candidate "mix$best" "round 5 interpolated, w = $best" \
   "$WORK/mix${best}_calibrated.pt" "$SHALLOW_DATA"
 write_times "$HERE/wall_times.json"
