@@ -456,6 +456,48 @@ SCORES = {"rmse": long_rollout_score, "climate": climate_score, "balanced": bala
 ``climate`` (chaotic dynamics, the deep quench) or ``balanced`` (pooled RMSE and autocorrelation, half each)."""
 
 
+TARGET_STEPS = (100, 600, 1200)
+"""Rollout steps of the shallow target (issue 9 of the project; README "Results"): at each, every component's RMSE."""
+
+
+def target_checks(report: Mapping[str, Any], reference: Mapping[str, Any],
+                  steps: Sequence[int] = TARGET_STEPS) -> list[tuple[str, float | None, float | None]]:
+    """(label, report's value, reference's value) for each check of "at least as accurate as the reference": the RMSE
+    of every component at each of ``steps``, then the max autocorrelation error of each order parameter. A value is
+    None where the report stops before the step (or has no autocorrelation)."""
+    checks: list[tuple[str, float | None, float | None]] = []
+    for step in steps:
+        for comp in RMSE_COMPONENTS:
+            pair = [r["rmse_by_step"][comp][step] if step < len(r["rmse_by_step"][comp]) else None
+                    for r in (report, reference)]
+            checks.append((f"RMSE {comp} @ step {step}", *pair))
+    for order in ORDER_KEYS:
+        checks.append((f"autocorr max abs error, {order}", report["autocorr_max_abs_error"][order],
+                       reference["autocorr_max_abs_error"][order]))
+    return checks
+
+
+def check_met(value: float | None, reference: float | None) -> bool:
+    """At least as accurate as the reference (ties count); a missing or non-finite value never meets a check."""
+    return (value is not None and reference is not None and math.isfinite(value) and math.isfinite(reference)
+            and value <= reference)
+
+
+def target_table(report: Mapping[str, Any], reference: Mapping[str, Any], steps: Sequence[int] = TARGET_STEPS) -> str:
+    """Markdown table of :func:`target_checks` with each ratio, then one line that starts with "N/M checks met"."""
+    checks = target_checks(report, reference, steps)
+    lines = ["| check | model | reference | model / reference | met |", "|---|---|---|---|---|"]
+    for label, value, ref in checks:
+        ratio = value / ref if value is not None and ref else None
+        lines.append(f"| {label} | {_fmt(value)} | {_fmt(ref)} | {_fmt(ratio)} | "
+                     f"{'yes' if check_met(value, ref) else 'no'} |")
+    met = sum(check_met(value, ref) for _, value, ref in checks)
+    divergent = report["divergent_fraction"]
+    lines.append(f"\n{met}/{len(checks)} checks met (divergent fraction {divergent:.3f}; reference "
+                 f"{reference['divergent_fraction']:.3f})")
+    return "\n".join(lines)
+
+
 def best_row(rows: Sequence[Mapping[str, float]]) -> Mapping[str, float]:
     """The checkpoint with the lowest long-rollout score (the earliest of equals)."""
     if not rows:
@@ -624,6 +666,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale.add_argument(f"--{group}", type=float, default=1.0,
                            help=f"factor on the increments of {'every component' if group == 'all' else group} "
                                 "(factors multiply; default 1)")
+    target = sub.add_parser("target", help="the checks of 'at least as accurate as a reference model': each "
+                                           "component's RMSE at the --steps and both autocorrelation errors")
+    target.add_argument("report", type=Path, help="the model's report.json (or its evaluation directory)")
+    target.add_argument("--reference", type=Path, required=True,
+                        help="the reference model's report on the same trajectories (e.g. the original model's)")
+    target.add_argument("--steps", nargs="+", type=int, default=list(TARGET_STEPS), help="rollout steps checked")
     score = sub.add_parser("score", help="long-rollout score of evaluation reports (what rollout-curve ranks by)")
     score.add_argument("reports", nargs="+", type=Path, help="report.json files or evaluation directories")
     score.add_argument("--at", nargs="+", type=int, default=[100, 600, 1200], help="rollout steps it averages over")
@@ -650,6 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibrate_command(args)
         elif args.command == "scale":
             scale_command(args)
+        elif args.command == "target":
+            report, reference = read_report(args.report), read_report(args.reference)
+            check_same_test_set([report, reference], [str(args.report), str(args.reference)])
+            print(target_table(report, reference, args.steps))
         elif args.command == "score":
             reports = [(path, read_report(path)) for path in args.reports]
             scored = [(SCORES[args.score](report, args.at), path, report) for path, report in reports]

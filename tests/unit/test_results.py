@@ -378,3 +378,31 @@ def test_score_warns_when_the_best_two_climate_scores_are_within_their_sampling_
     older = write("older", 0.14, None)  # a report made before the bootstrap existed: nothing to say
     assert results.main(["score", older, best, "--score", "climate"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_target_counts_the_checks_a_model_meets_against_a_reference(tmp_path, capsys):
+    def write(name: str, scale: float, charge: float, steps: int = 1201, split: str = "abc") -> str:
+        report = {"mode": "model", "divergent_fraction": 0.0,
+                  "data": {"split_sha256": split, "rollouts": 4}, "settings": {"steps": steps - 1},
+                  "rmse_by_step": {comp: [scale * (k + 1)] * steps for k, comp in enumerate(results.RMSE_COMPONENTS)},
+                  "autocorr_max_abs_error": {"charge": charge, "lattice": 0.01}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+        return str(tmp_path / name)
+
+    reference = write("reference", 1e-3, 0.02)
+    better, worse = write("better", 0.5e-3, 0.03), write("worse", 2e-3, 0.02)
+    assert results.main(["target", better, "--reference", reference]) == 0
+    table = capsys.readouterr().out
+    assert "| RMSE P @ step 1200 | 2.00e-03 | 4.00e-03 | 0.500 | yes |" in table
+    assert "| autocorr max abs error, charge | 0.030 | 0.020 | 1.500 | no |" in table
+    assert table.splitlines()[-1].startswith("13/14 checks met")  # ties (the lattice autocorrelation) count as met
+    assert results.main(["target", worse, "--reference", reference, "--steps", "100"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("2/6 checks met")
+    short = write("short", 0.5e-3, 0.01, steps=601)  # stops before step 1200: those checks are not met
+    checks = results.target_checks(results.read_report(short), results.read_report(reference))
+    assert sum(results.check_met(value, ref) for _, value, ref in checks) == 10
+    other = write("other", 0.5e-3, 0.01, split="def")
+    assert results.main(["target", other, "--reference", reference]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "other test set" in err and err.count("\n") == 1

@@ -9,8 +9,9 @@
 #      1200-step score on the 4 validation trajectories;
 #   2. train_finetune_n8.yaml: 7,200 steps of n_step 8 at lr 1e-4 from it (0.92 M windows; round 4: 0.51 M);
 #   3. its last checkpoint, group-averaged and rate-calibrated exactly as round 4 (--symmetrize --score balanced);
-#   4. it, round 4 and the original on the 32 validation trajectories of another seed; only if it beats round 4
-#      there (balanced score), all three on the test split (lib.sh shallow_candidate).
+#   4. it, round 4 and the original on the 32 validation trajectories of another seed; only if it is ahead of round 4
+#      there (lib.sh ahead_on_target; when this ran, the balanced score alone: both rules pass it, 9 checks to 7),
+#      all three on the test split (lib.sh shallow_candidate).
 #   bash experiments/shallow_L16/budget/run.sh   (~80 min on 2 CPU cores; WORK=DIR for the large files;
 #   SHALLOW_DATA=DIR to reuse ../run.sh's data set, default its work/data)
 HERE=$(cd "$(dirname "$0")" && pwd)

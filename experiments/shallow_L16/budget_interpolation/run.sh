@@ -6,8 +6,10 @@
 #      0.75 (the grid fixed before any was read);
 #   2. each group-averaged and rate-calibrated exactly as round 5 (--symmetrize --score balanced, coarse +-1.2 % then
 #      fine +-0.05 %) on the 4 validation trajectories; the best balanced score among them goes on;
-#   3. it, round 5 and the original on the 32 validation trajectories of another seed; only if it beats round 5
-#      there, the test split (lib.sh shallow_candidate with BASE = round 5).
+#   3. it, round 5 and the original on the 32 validation trajectories of another seed; only if it is ahead of round 5
+#      there, the test split (lib.sh shallow_candidate with BASE = round 5). This ran under the rule before
+#      ahead_on_target, the balanced score alone, which sent w = 0.75 (7 target checks met on val32) to the test split
+#      past round 5 (9); a rerun stops after val32.
 #   bash experiments/shallow_L16/budget_interpolation/run.sh   (~15 min on 2 CPU cores after ../budget/run.sh;
 #   BUDGET_WORK=DIR for budget's work directory, WORK=DIR for this one's large files)
 HERE=$(cd "$(dirname "$0")" && pwd)
