@@ -134,7 +134,7 @@ shallow_candidate() {
 
 # ahead_on_target REPORT BASE ORIGINAL: REPORT meets more of the shallow target's checks against ORIGINAL (results target:
 # each component's RMSE at steps 100, 600 and 1200, both autocorrelation errors) than BASE does, or as many with a
-# lower balanced score. The rule since session 17; before it the balanced score alone decided, and it sent a model
+# lower balanced score. The rule since 2026-12-02; before it the balanced score alone decided, and it sent a model
 # that met 7 checks past one that met 9 (budget_interpolation/notes.md).
 ahead_on_target() {
   local ours theirs

@@ -457,7 +457,8 @@ SCORES = {"rmse": long_rollout_score, "climate": climate_score, "balanced": bala
 
 
 TARGET_STEPS = (100, 600, 1200)
-"""Rollout steps of the shallow target (issue 9 of the project; README "Results"): at each, every component's RMSE."""
+"""Rollout steps of the shallow target (README "Results": at least as accurate as the original model): at each, every
+component's RMSE."""
 
 
 def target_checks(report: Mapping[str, Any], reference: Mapping[str, Any],
