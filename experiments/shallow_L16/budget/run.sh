@@ -20,16 +20,9 @@ WORK=${WORK:-$HERE/work}
 SHALLOW_DATA=${SHALLOW_DATA:-$HERE/../work/data}
 TRAIN=("${TRAIN_2RANKS[@]}")
 cd "$ROOT"
-LONG_VAL=(--data "$SHALLOW_DATA" --split val --steps 1200)
 
 shallow_single_step "$HERE" train_n1.yaml
-stage train_finetune "${TRAIN[@]}" --config "$HERE/train_finetune_n8.yaml" data="$SHALLOW_DATA" \
-  run_dir="$WORK/run_finetune" init_from="$WORK/chosen_n1.pt"
-stage curve_finetune "$PY" -m holstein_dist.results rollout-curve "$WORK/run_finetune" "${LONG_VAL[@]}" \
-  --work "$WORK/curve_finetune" --out "$HERE/rollout_curve_val_finetune.csv"
-last=$(ls "$WORK/run_finetune/checkpoints"/step-*.pt | sort | tail -1)
-calibrate_twice "$last" "$WORK/calibrated.pt" 0.012 13 "${LONG_VAL[@]}" --symmetrize --score balanced
+shallow_finetune finetune train_finetune_n8.yaml "$WORK/chosen_n1.pt"
 "$PY" -m holstein_dist.results curve "$WORK/run_n1" --out "$HERE/training_curve_n1.csv"
-"$PY" -m holstein_dist.results curve "$WORK/run_finetune" --out "$HERE/training_curve_finetune.csv"
 shallow_candidate budget "round 5 (budget)" "$WORK/calibrated.pt" "$SHALLOW_DATA"
 write_times "$HERE/wall_times.json"

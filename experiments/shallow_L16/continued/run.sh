@@ -17,16 +17,10 @@ WORK=${WORK:-$HERE/work}
 SHALLOW_DATA=${SHALLOW_DATA:-$HERE/../work/data}
 ROUND5=$ROOT/experiments/shallow_L16/budget/model.pt
 cd "$ROOT"
-LONG_VAL=(--data "$SHALLOW_DATA" --split val --steps 1200)
+TRAIN=("${TRAIN_2RANKS[@]}")
 
 stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" --workers 2
-stage train_continue "${TRAIN_2RANKS[@]}" --config "$HERE/train_continue_n8.yaml" data="$SHALLOW_DATA" \
-  run_dir="$WORK/run_continue" init_from="$ROUND5"
-stage curve_continue "$PY" -m holstein_dist.results rollout-curve "$WORK/run_continue" "${LONG_VAL[@]}" \
-  --work "$WORK/curve_continue" --out "$HERE/rollout_curve_val_continue.csv"
-last=$(ls "$WORK/run_continue/checkpoints"/step-*.pt | sort | tail -1)
-calibrate_twice "$last" "$WORK/calibrated.pt" 0.012 13 "${LONG_VAL[@]}" --symmetrize --score balanced
-"$PY" -m holstein_dist.results curve "$WORK/run_continue" --out "$HERE/training_curve_continue.csv"
+shallow_finetune continue train_continue_n8.yaml "$ROUND5"
 BASE="round5:$ROUND5:round 5 (budget)" shallow_candidate continued "round 6 (continued)" "$WORK/calibrated.pt" \
   "$SHALLOW_DATA"
 write_times "$HERE/wall_times.json"
