@@ -81,6 +81,11 @@ def pooled_rmse(series: Sequence[float], first: int, last: int) -> float | None:
     return math.sqrt(sum(v * v for v in series[first:last + 1]) / (last + 1 - first))
 
 
+def step_value(series: Sequence[float], step: int) -> float | None:
+    """A per-step series' value at ``step``; None past its end (a report evaluated for fewer steps)."""
+    return series[step] if step < len(series) else None
+
+
 def window_start(last: int, window: int) -> int:
     """First step of the ``window`` steps ending at ``last``; step 0 (the exact initial state) never counts."""
     return max(1, last - window + 1)
@@ -97,11 +102,7 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int],
     rows: list[tuple[str, list[Any]]] = []
     for step in steps:
         for comp in RMSE_COMPONENTS:
-            values = []
-            for report in reports:
-                series = report["rmse_by_step"][comp]
-                values.append(series[step] if step < len(series) else None)
-            rows.append((f"RMSE {comp} @ step {step}", values))
+            rows.append((f"RMSE {comp} @ step {step}", [step_value(r["rmse_by_step"][comp], step) for r in reports]))
         first = window_start(step, window)
         if window > 1 and step > first:
             for comp in RMSE_COMPONENTS:
@@ -469,9 +470,8 @@ def target_checks(report: Mapping[str, Any], reference: Mapping[str, Any],
     checks: list[tuple[str, float | None, float | None]] = []
     for step in steps:
         for comp in RMSE_COMPONENTS:
-            pair = [r["rmse_by_step"][comp][step] if step < len(r["rmse_by_step"][comp]) else None
-                    for r in (report, reference)]
-            checks.append((f"RMSE {comp} @ step {step}", *pair))
+            checks.append((f"RMSE {comp} @ step {step}", step_value(report["rmse_by_step"][comp], step),
+                           step_value(reference["rmse_by_step"][comp], step)))
     for order in ORDER_KEYS:
         checks.append((f"autocorr max abs error, {order}", report["autocorr_max_abs_error"][order],
                        reference["autocorr_max_abs_error"][order]))
@@ -484,6 +484,11 @@ def check_met(value: float | None, reference: float | None) -> bool:
             and value <= reference)
 
 
+def checks_met(checks: Sequence[tuple[str, float | None, float | None]]) -> int:
+    """How many of :func:`target_checks`' checks are met."""
+    return sum(check_met(value, ref) for _, value, ref in checks)
+
+
 def target_table(report: Mapping[str, Any], reference: Mapping[str, Any], steps: Sequence[int] = TARGET_STEPS) -> str:
     """Markdown table of :func:`target_checks` with each ratio, then one line that starts with "N/M checks met"."""
     checks = target_checks(report, reference, steps)
@@ -492,9 +497,8 @@ def target_table(report: Mapping[str, Any], reference: Mapping[str, Any], steps:
         ratio = value / ref if value is not None and ref else None
         lines.append(f"| {label} | {_fmt(value)} | {_fmt(ref)} | {_fmt(ratio)} | "
                      f"{'yes' if check_met(value, ref) else 'no'} |")
-    met = sum(check_met(value, ref) for _, value, ref in checks)
-    divergent = report["divergent_fraction"]
-    lines.append(f"\n{met}/{len(checks)} checks met (divergent fraction {divergent:.3f}; reference "
+    lines.append(f"\n{checks_met(checks)}/{len(checks)} checks met (divergent fraction "
+                 f"{report['divergent_fraction']:.3f}; reference "
                  f"{reference['divergent_fraction']:.3f})")
     return "\n".join(lines)
 
