@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         ]),
         "evaluate uncalibrated": _run("evaluate uncalibrated", [
             "-m", "holstein_dist.evaluate", "--checkpoint", str(run), "--data", str(data),
-            "--split", "test", "--out", str(out / "eval_uncalibrated"),
+            "--split", "test", "--out", str(out / "eval_uncalibrated"), "--no-plots",  # its numbers are the point
         ]),
     }
     reports = {"demo model": report, "demo model before calibration": out / "eval_uncalibrated"}
