@@ -94,13 +94,33 @@ calibrate_twice() {
 }
 
 # shallow_candidate NAME LABEL MODEL DATA: a shallow model against round 4 (experiments/shallow_L16/model.pt; see
-# BASE) and the original: first the 32 validation trajectories of another seed (shallow_val32; reports in $HERE/val32/,
-# table, balanced scores and each model's target checks against the original in $HERE/validation_32.md); then, only
+# BASE) and the original: first the 32 validation trajectories of another seed (shallow_val32_vs_base); then, only
 # where it is ahead of round 4 there (ahead_on_target), the test split of DATA: MODEL copied to $HERE/model.pt, all
 # three evaluated there ($HERE/eval*), table in results.md.
 # The model to beat is round 4 unless BASE=NAME:MODEL:LABEL says otherwise (e.g. round5:<path>:"round 5").
 shallow_candidate() {
   local name=$1 label=$2 model=$3 data=$4 n
+  local base=${BASE:-round4:$ROOT/experiments/shallow_L16/model.pt:round 4}
+  local b=${base%%:*} rest=${base#*:}
+  local base_model=${rest%%:*} base_label=${rest#*:} original=$REFERENCE/tiny-quench_0p5_0p8-L_16
+  shallow_val32_vs_base "$name" "$label" "$model" || { echo "$label: not tested"; return 0; }
+  cp "$model" "$HERE/model.pt"
+  # all three on this machine's copy of the test split (a copy regenerated elsewhere may differ in its last bits)
+  for n in eval:"$HERE/model.pt" "eval_$b:$base_model" eval_reference:"$original"; do
+    stage "${n%%:*}" "$PY" -m holstein_dist.evaluate --checkpoint "${n#*:}" --data "$data" --split test \
+      --steps 1200 --out "$WORK/${n%%:*}"
+    keep_results "$WORK/${n%%:*}" "$HERE/${n%%:*}"
+  done
+  "$PY" -m holstein_dist.results table "$HERE"/{eval,"eval_$b",eval_reference}/report.json \
+    --names "$label" "$base_label" original --steps 1 100 600 1200 --window 100 | tee "$HERE/results.md"
+}
+
+# shallow_val32_vs_base NAME LABEL MODEL: MODEL, the base (BASE, as for shallow_candidate) and the original on the 32
+# validation trajectories of another seed (shallow_val32): reports in $HERE/val32/, the table, balanced scores and
+# each model's target checks against the original in $HERE/validation_32.md; true where MODEL is ahead of the base
+# there (ahead_on_target).
+shallow_val32_vs_base() {
+  local name=$1 label=$2 model=$3 n
   local base=${BASE:-round4:$ROOT/experiments/shallow_L16/model.pt:round 4}
   local b=${base%%:*} rest=${base#*:}
   local base_model=${rest%%:*} base_label=${rest#*:} original=$REFERENCE/tiny-quench_0p5_0p8-L_16
@@ -118,18 +138,9 @@ shallow_candidate() {
   done | tee -a "$HERE/validation_32.md"
   if ! ahead_on_target "$HERE/val32/$name/report.json" "$HERE/val32/$b/report.json" "$HERE/val32/original/report.json"
   then
-    echo "$label is not ahead of $base_label on the 32 validation trajectories: not tested"
-    return 0
+    echo "$label is not ahead of $base_label on the 32 validation trajectories"
+    return 1
   fi
-  cp "$model" "$HERE/model.pt"
-  # all three on this machine's copy of the test split (a copy regenerated elsewhere may differ in its last bits)
-  for n in eval:"$HERE/model.pt" "eval_$b:$base_model" eval_reference:"$original"; do
-    stage "${n%%:*}" "$PY" -m holstein_dist.evaluate --checkpoint "${n#*:}" --data "$data" --split test \
-      --steps 1200 --out "$WORK/${n%%:*}"
-    keep_results "$WORK/${n%%:*}" "$HERE/${n%%:*}"
-  done
-  "$PY" -m holstein_dist.results table "$HERE"/{eval,"eval_$b",eval_reference}/report.json \
-    --names "$label" "$base_label" original --steps 1 100 600 1200 --window 100 | tee "$HERE/results.md"
 }
 
 # ahead_on_target REPORT BASE ORIGINAL: REPORT meets more of the shallow target's checks against ORIGINAL (results target:

@@ -461,15 +461,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, curriculum: Curriculum) ->
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: curriculum.lr_factor(step))
 
 
-PARAMETER_FREE_SWITCHES = ("symmetrize",)
-"""Model settings that change no weight, so ``init_from`` may turn them on or off."""
+PARAMETER_FREE_SWITCHES = ("symmetrize", "dropout")
+"""Model settings that change no weight, so ``init_from`` may change them."""
 
 
 def initial_model(source: str, config: ModelConfig) -> Surrogate:
     """The model ``init_from`` names, checked to be the architecture this run trains.
 
-    Switches without parameters (``symmetrize``) may differ: the run's setting wins, so a model trained without
-    group averaging can be fine-tuned with it.
+    Settings without parameters (``symmetrize``, ``dropout``) may differ: the run's setting wins, so a model
+    trained without group averaging can be fine-tuned with it, or one trained with dropout fine-tuned without.
     """
     model = load_model(source)
     differing = [f.name for f in dataclasses.fields(config)
@@ -478,6 +478,9 @@ def initial_model(source: str, config: ModelConfig) -> Surrogate:
         raise UserError(f"init_from {source} is a different model (model.{', model.'.join(differing)} differ); set the "
                         "model section to the source's config or drop init_from")
     model.config = config
+    for module in model.modules():
+        if isinstance(module, nn.Dropout2d):  # built with the source's probability
+            module.p = config.dropout
     return model
 
 

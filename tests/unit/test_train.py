@@ -357,6 +357,13 @@ def test_init_from_starts_from_another_models_weights(tiny_data, tmp_path, capsy
     cfg = train.load_train_config(TINY, [f"data={tiny_data}", f"run_dir={fine}", f"init_from={source}",
                                          "model.symmetrize=true"])
     assert train.build_parts(cfg, dist.init_distributed(), open_data(tiny_data)).model.config.symmetrize is True
+    # Nor has dropout: a model trained with it may be fine-tuned without, and its dropout layers follow the run.
+    cfg = train.load_train_config(TINY, [f"data={tiny_data}", f"run_dir={fine}", f"init_from={source}",
+                                         "model.dropout=0.0"])
+    model = train.build_parts(cfg, dist.init_distributed(), open_data(tiny_data)).model
+    assert load_model(source).config.dropout > 0 and model.config.dropout == 0.0
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout2d)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
     assert train.main(["--config", TINY, f"data={tiny_data}", f"run_dir={fine}", f"init_from={source}",
                        "model.channels=8"]) == 2
     err = capsys.readouterr().err
