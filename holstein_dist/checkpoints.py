@@ -99,9 +99,9 @@ def average_models(sources: Sequence[str | Path], out: str | Path,
     basin, and their mean is often a better and steadier model than any single one of them. With two sources and
     weights, weight-space interpolation between a model and its fine-tune (``init_from``), which also lie in one
     basin: a way to take part of what a fine-tune changed. Every source must hold the same architecture,
-    normalization scales and data signature (else a one-line ValueError naming the first that differs);
-    non-floating entries are taken from the first source, and the ``increment_factor`` record is kept where all
-    sources share it.
+    normalization scales and data signature (else a one-line ValueError naming the first that differs); settings
+    without weights (``model.WEIGHT_FREE_SETTINGS``, e.g. dropout) may differ and are taken from the first source,
+    as are non-floating entries; the ``increment_factor`` record is kept where all sources share it.
     """
     if not sources:
         raise ValueError("no checkpoints to average; pass two or more step-*.pt files of one run")
@@ -110,9 +110,11 @@ def average_models(sources: Sequence[str | Path], out: str | Path,
     first_path, first = payloads[0]
     for path, payload in payloads[1:]:
         # Configs compare after defaults, so a file written before a new ModelConfig field still matches.
-        if _config_of(payload, path) != _config_of(first, first_path):
-            raise ValueError(f"{str(path)!r} has another model_config than {str(first_path)!r}; average "
-                             "checkpoints of one run (same model and data) only")
+        differing = _config_of(first, first_path).weight_layout_differences(_config_of(payload, path))
+        if differing:
+            raise ValueError(f"{str(path)!r} has another model_config than {str(first_path)!r} "
+                             f"(model.{', model.'.join(differing)} differ); average models of one architecture, "
+                             "normalization and data only")
         for key in ("scales", "data_signature"):
             if payload[key] != first[key]:
                 raise ValueError(f"{str(path)!r} has another {key} than {str(first_path)!r}; average checkpoints "

@@ -54,6 +54,12 @@ class ModelConfig:
     (:mod:`holstein_dist.symmetry`), making the model exactly equivariant under them at 4x the network cost;
     no parameters, so it can be switched on for any trained model (``evaluate --symmetrize``)."""
 
+    def weight_layout_differences(self, other: ModelConfig) -> list[str]:
+        """The fields in which ``other`` differs, leaving out ``WEIGHT_FREE_SETTINGS``: empty where one set of
+        weights serves both."""
+        return [f.name for f in dataclasses.fields(self)
+                if f.name not in WEIGHT_FREE_SETTINGS and getattr(self, f.name) != getattr(other, f.name)]
+
     @property
     def has_differentiator(self) -> bool:
         """PARC predicts the time derivative too, and training supervises it with the exact one."""
@@ -68,6 +74,11 @@ class ModelConfig:
             raise ValueError(f"kernel_size is {self.kernel_size}; use a positive odd number such as 3")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout is {self.dropout}; use a probability in [0, 1)")
+
+
+WEIGHT_FREE_SETTINGS = ("symmetrize", "dropout")
+"""ModelConfig fields that change no weight: a trained model's weights serve under any value of them, so
+``init_from`` may change them and ``average`` mixes models that differ in them."""
 
 
 # --------------------------------------------------------------------------- state <-> image

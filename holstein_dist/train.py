@@ -461,19 +461,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, curriculum: Curriculum) ->
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: curriculum.lr_factor(step))
 
 
-PARAMETER_FREE_SWITCHES = ("symmetrize", "dropout")
-"""Model settings that change no weight, so ``init_from`` may change them."""
-
-
 def initial_model(source: str, config: ModelConfig) -> Surrogate:
     """The model ``init_from`` names, checked to be the architecture this run trains.
 
-    Settings without parameters (``symmetrize``, ``dropout``) may differ: the run's setting wins, so a model
-    trained without group averaging can be fine-tuned with it, or one trained with dropout fine-tuned without.
+    Settings without weights (``model.WEIGHT_FREE_SETTINGS``: symmetrize, dropout) may differ: the run's setting
+    wins, so a model trained without group averaging can be fine-tuned with it, or one trained with dropout
+    fine-tuned without.
     """
     model = load_model(source)
-    differing = [f.name for f in dataclasses.fields(config)
-                 if f.name not in PARAMETER_FREE_SWITCHES and getattr(model.config, f.name) != getattr(config, f.name)]
+    differing = model.config.weight_layout_differences(config)
     if differing:
         raise UserError(f"init_from {source} is a different model (model.{', model.'.join(differing)} differ); set the "
                         "model section to the source's config or drop init_from")

@@ -170,8 +170,15 @@ def test_average_writes_the_mean_weights_of_checkpoints_of_one_run(tiny_run, tin
     refused = tmp_path / "refused.pt"
     assert results.main(["average", str(kept[0]), str(other), "--out", str(refused)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "another model_config" in err and err.count("\n") == 1
-    assert not refused.exists()
+    assert err.startswith("error: ") and "another model_config" in err and "(model.channels differ)" in err
+    assert err.count("\n") == 1 and not refused.exists()
+    # Dropout has no weights: a model fine-tuned without it averages with its parent (the first source's kept).
+    no_dropout = tmp_path / "no_dropout.pt"
+    payload = load_checkpoint(kept[1])
+    payload["model_config"]["dropout"] = 0.0
+    atomic_save(payload, no_dropout)
+    assert results.main(["average", str(kept[0]), str(no_dropout), "--out", str(tmp_path / "mix.pt")]) == 0
+    assert load_model(tmp_path / "mix.pt").config == members[0].config
     # A file written before a ModelConfig field existed (no "symmetrize" key) averages with a newer one.
     old = tmp_path / "old.pt"
     payload = load_checkpoint(kept[0])
