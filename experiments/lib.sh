@@ -205,6 +205,19 @@ shallow_finetune() {
   "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
 }
 
+# shallow_round RUN CONFIG INIT NAME LABEL BASE: one shallow fine-tune round on both cores, as rounds 6 and 7 ran:
+# the shallow set into $SHALLOW_DATA, shallow_finetune RUN CONFIG INIT, shallow_candidate NAME LABEL against BASE
+# (NAME:MODEL:LABEL), and the stages' wall times in $HERE/wall_times.json.
+shallow_round() {
+  local run=$1 config=$2 init=$3 name=$4 label=$5 base=$6
+  TRAIN=("${TRAIN_2RANKS[@]}")
+  stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" \
+    --workers 2
+  shallow_finetune "$run" "$config" "$init"
+  BASE=$base shallow_candidate "$name" "$label" "$WORK/calibrated.pt" "$SHALLOW_DATA"
+  write_times "$HERE/wall_times.json"
+}
+
 # needs_lattice_motion: for the deep L = 32 experiments built on experiments/deep_L32/lattice_motion's continuations.
 # Sets DATA (the deep set of ../run.sh) and MOTION_WORK (lattice_motion's work directory), and runs lattice_motion's
 # run.sh first when its last training (the noise-5e-3 run, so all three) has not finished there.

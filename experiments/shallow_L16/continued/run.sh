@@ -17,10 +17,5 @@ WORK=${WORK:-$HERE/work}
 SHALLOW_DATA=${SHALLOW_DATA:-$HERE/../work/data}
 ROUND5=$ROOT/experiments/shallow_L16/budget/model.pt
 cd "$ROOT"
-TRAIN=("${TRAIN_2RANKS[@]}")
 
-stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" --workers 2
-shallow_finetune continue train_continue_n8.yaml "$ROUND5"
-BASE="round5:$ROUND5:round 5 (budget)" shallow_candidate continued "round 6 (continued)" "$WORK/calibrated.pt" \
-  "$SHALLOW_DATA"
-write_times "$HERE/wall_times.json"
+shallow_round continue train_continue_n8.yaml "$ROUND5" continued "round 6 (continued)" "round5:$ROUND5:round 5 (budget)"

@@ -15,10 +15,6 @@ WORK=${WORK:-$HERE/work}
 SHALLOW_DATA=${SHALLOW_DATA:-$HERE/../work/data}
 ROUND5=$ROOT/experiments/shallow_L16/budget/model.pt
 cd "$ROOT"
-TRAIN=("${TRAIN_2RANKS[@]}")
 
-stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" --workers 2
-shallow_finetune no_dropout train_no_dropout_n8.yaml "$ROUND5"
-BASE="round6:$ROOT/experiments/shallow_L16/continued/model.pt:round 6 (continued)" \
-  shallow_candidate no_dropout "round 7 candidate (no dropout)" "$WORK/calibrated.pt" "$SHALLOW_DATA"
-write_times "$HERE/wall_times.json"
+shallow_round no_dropout train_no_dropout_n8.yaml "$ROUND5" no_dropout "round 7 candidate (no dropout)" \
+  "round6:$ROOT/experiments/shallow_L16/continued/model.pt:round 6 (continued)"
