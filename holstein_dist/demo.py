@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  model     {model}   (the run's best checkpoint, rate-calibrated on validation)")
     for name, where in reports.items():
         _summarize(name, where / "report.json")
-    print("  The demo trains for ~2 minutes on a small data set; experiments/ holds the full CPU-scale recipes and "
+    print("  The demo trains for ~2.5 minutes on a small data set; experiments/ holds the full CPU-scale recipes and "
           "README 'Scaling up' the paper-scale commands.")
 
 
