@@ -33,6 +33,8 @@ ROUNDS = [
      "round 4's recipe with twice the windows on 2 ranks"),
     ("6", "continued/eval/report.json", "continued/eval_reference/report.json", 114.1, 2, 3_072_000, 1_843_200,
      "round 5 + 7,200 more n_step-8 steps, recalibrated"),
+    ("7", "transient/eval/report.json", "transient/eval_reference/report.json", 126.4, 2, 3_072_000, 2_073_600,
+     "round 6 + 1,800 n_step-8 steps, a quarter of the windows from the 16 snapshots after the quench"),
 ]
 ORIGINAL_WINDOWS = (10_485_760, 20_971_520)  # 163,840 steps at n_step 1 and 327,680 at n_step 8, batch 64
 
