@@ -15,10 +15,6 @@ WORK=${WORK:-$HERE/work}
 SHALLOW_DATA=${SHALLOW_DATA:-$HERE/../work/data}
 ROUND6=$ROOT/experiments/shallow_L16/continued/model.pt
 cd "$ROOT"
-TRAIN=("${TRAIN_2RANKS[@]}")
 
-stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" --workers 2
-shallow_finetune transient train_transient_n8.yaml "$ROUND6"
-BASE="round6:$ROUND6:round 6 (continued)" \
-  shallow_candidate transient "round 7 candidate (transient)" "$WORK/calibrated.pt" "$SHALLOW_DATA"
-write_times "$HERE/wall_times.json"
+shallow_round transient train_transient_n8.yaml "$ROUND6" transient "round 7 candidate (transient)" \
+  "round6:$ROUND6:round 6 (continued)"
