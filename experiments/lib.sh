@@ -218,6 +218,27 @@ shallow_round() {
   write_times "$HERE/wall_times.json"
 }
 
+# shallow_seed_check RUN CONFIG INIT SEED: a shallow_round's fine-tune again with another SEED, calibrated the same
+# way and scored on its 32 validation trajectories against the original; outputs in $HERE/seedSEED/ (the round's
+# own val32 reports, $HERE/val32/RUN and $HERE/val32/original, must exist).
+shallow_seed_check() {
+  local run=$1 config=$2 init=$3 seed=$4 last
+  local out=$HERE/seed$seed name=${run}_seed$seed long_val=(--data "$SHALLOW_DATA" --split val --steps 1200)
+  mkdir -p "$out/val32"
+  stage "train_$name" "${TRAIN[@]}" --config "$HERE/$config" data="$SHALLOW_DATA" run_dir="$WORK/run_$name" \
+    init_from="$init" seed="$seed"
+  last=$(ls "$WORK/run_$name/checkpoints"/step-*.pt | sort | tail -1)
+  HERE=$out CALIBRATION=seed$seed calibrate_twice "$last" "$WORK/calibrated_seed$seed.pt" 0.012 13 "${long_val[@]}" \
+    --symmetrize --score balanced
+  "$PY" -m holstein_dist.results curve "$WORK/run_$name" --out "$out/training_curve.csv"
+  shallow_val32 "seed$seed:$WORK/calibrated_seed$seed.pt"
+  cp "$WORK/val32_seed$seed/report.json" "$out/val32/"
+  {
+    "$PY" -m holstein_dist.results score "$out/val32/report.json" "$HERE/val32/$run/report.json" --score balanced
+    "$PY" -m holstein_dist.results target "$out/val32/report.json" --reference "$HERE/val32/original/report.json"
+  } | tee "$out/validation_32.md"
+}
+
 # needs_lattice_motion: for the deep L = 32 experiments built on experiments/deep_L32/lattice_motion's continuations.
 # Sets DATA (the deep set of ../run.sh) and MOTION_WORK (lattice_motion's work directory), and runs lattice_motion's
 # run.sh first when its last training (the noise-5e-3 run, so all three) has not finished there.
