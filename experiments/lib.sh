@@ -99,10 +99,8 @@ calibrate_twice() {
 # three evaluated there ($HERE/eval*), table in results.md.
 # The model to beat is round 4 unless BASE=NAME:MODEL:LABEL says otherwise (e.g. round5:<path>:"round 5").
 shallow_candidate() {
-  local name=$1 label=$2 model=$3 data=$4 n
-  local base=${BASE:-round4:$ROOT/experiments/shallow_L16/model.pt:round 4}
-  local b=${base%%:*} rest=${base#*:}
-  local base_model=${rest%%:*} base_label=${rest#*:} original=$REFERENCE/tiny-quench_0p5_0p8-L_16
+  local name=$1 label=$2 model=$3 data=$4 n b base_model base_label original
+  base_parts
   shallow_val32_vs_base "$name" "$label" "$model" || { echo "$label: not tested"; return 0; }
   cp "$model" "$HERE/model.pt"
   # all three on this machine's copy of the test split (a copy regenerated elsewhere may differ in its last bits)
@@ -115,15 +113,21 @@ shallow_candidate() {
     --names "$label" "$base_label" original --steps 1 100 600 1200 --window 100 | tee "$HERE/results.md"
 }
 
+# base_parts: BASE (NAME:MODEL:LABEL, default round 4) split into the caller's locals b, base_model and base_label, and
+# the original tiny model in its local original (bash functions see their caller's locals)
+base_parts() {
+  local base=${BASE:-round4:$ROOT/experiments/shallow_L16/model.pt:round 4}
+  local rest=${base#*:}
+  b=${base%%:*} base_model=${rest%%:*} base_label=${rest#*:} original=$REFERENCE/tiny-quench_0p5_0p8-L_16
+}
+
 # shallow_val32_vs_base NAME LABEL MODEL: MODEL, the base (BASE, as for shallow_candidate) and the original on the 32
 # validation trajectories of another seed (shallow_val32): reports in $HERE/val32/, the table, balanced scores and
 # each model's target checks against the original in $HERE/validation_32.md; true where MODEL is ahead of the base
 # there (ahead_on_target).
 shallow_val32_vs_base() {
-  local name=$1 label=$2 model=$3 n
-  local base=${BASE:-round4:$ROOT/experiments/shallow_L16/model.pt:round 4}
-  local b=${base%%:*} rest=${base#*:}
-  local base_model=${rest%%:*} base_label=${rest#*:} original=$REFERENCE/tiny-quench_0p5_0p8-L_16
+  local name=$1 label=$2 model=$3 n b base_model base_label original
+  base_parts
   shallow_val32 "$name:$model" "$b:$base_model" original:"$original"
   for n in "$name" "$b" original; do
     mkdir -p "$HERE/val32/$n" && cp "$WORK/val32_$n/report.json" "$HERE/val32/$n/"

@@ -468,15 +468,15 @@ def initial_model(source: str, config: ModelConfig) -> Surrogate:
     wins, so a model trained without group averaging can be fine-tuned with it, or one trained with dropout
     fine-tuned without.
     """
-    model = load_model(source)
-    differing = model.config.weight_layout_differences(config)
+    loaded = load_model(source)
+    differing = loaded.config.weight_layout_differences(config)
     if differing:
         raise UserError(f"init_from {source} is a different model (model.{', model.'.join(differing)} differ); set the "
                         "model section to the source's config or drop init_from")
-    model.config = config
-    for module in model.modules():
-        if isinstance(module, nn.Dropout2d):  # built with the source's probability
-            module.p = config.dropout
+    # Built from the run's config, so every weight-free setting (dropout layers included) is the run's.
+    model = build_model(config, loaded.scales)
+    model.load_state_dict(loaded.state_dict())
+    model.increment_factors = loaded.increment_factors
     return model
 
 
