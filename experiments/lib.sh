@@ -192,16 +192,17 @@ shallow_single_step() {
     --steps 1200 --work "$WORK/curve_n1" --out "$dir/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
 }
 
-# shallow_finetune RUN CONFIG INIT: a shallow n_step-8 stage and its calibration, as rounds 5 and 6 ran them: CONFIG
-# ($HERE/CONFIG) trained by $TRAIN from INIT into $WORK/run_RUN on $SHALLOW_DATA; every kept checkpoint's 1200-step
-# validation errors in $HERE/rollout_curve_val_RUN.csv; the last checkpoint group-averaged and rate-calibrated
-# (calibrate_twice, --symmetrize --score balanced) into $WORK/calibrated.pt; the training curve in
-# $HERE/training_curve_RUN.csv.
+# shallow_finetune RUN CONFIG INIT [KEY=VALUE...]: a shallow n_step-8 stage and its calibration, as rounds 5 to 7 ran
+# them: CONFIG ($HERE/CONFIG unless absolute) with the overrides given, trained by $TRAIN from INIT into
+# $WORK/run_RUN on $SHALLOW_DATA; every kept checkpoint's 1200-step validation errors in
+# $HERE/rollout_curve_val_RUN.csv; the last checkpoint group-averaged and rate-calibrated (calibrate_twice,
+# --symmetrize --score balanced) into $WORK/calibrated.pt; the training curve in $HERE/training_curve_RUN.csv.
 shallow_finetune() {
   local run=$1 config=$2 init=$3 last
   local long_val=(--data "$SHALLOW_DATA" --split val --steps 1200)
-  stage "train_$run" "${TRAIN[@]}" --config "$HERE/$config" data="$SHALLOW_DATA" run_dir="$WORK/run_$run" \
-    init_from="$init"
+  [[ $config = /* ]] || config=$HERE/$config
+  stage "train_$run" "${TRAIN[@]}" --config "$config" data="$SHALLOW_DATA" run_dir="$WORK/run_$run" \
+    init_from="$init" "${@:4}"
   stage "curve_$run" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_$run" "${long_val[@]}" \
     --work "$WORK/curve_$run" --out "$HERE/rollout_curve_val_$run.csv"
   last=$(ls "$WORK/run_$run/checkpoints"/step-*.pt | sort | tail -1)

@@ -117,6 +117,25 @@ def test_every_shipped_train_config_loads_with_each_model():
             assert cfg.model.channels > 0 and cfg.curriculum.total_steps > 0
 
 
+def test_every_experiment_config_loads_and_starts_from_a_committed_model():
+    """An experiment's rerun from nothing reads its YAML files with today's loaders; a schema change that breaks
+    one, or an init_from naming a committed model that is gone, would surface only hours into a rerun."""
+    from holstein_dist.config import load_config
+    from holstein_dist.shards import DataConfig
+
+    paths = sorted((ROOT / "experiments").rglob("*.yaml"))
+    assert len(paths) > 20
+    for path in paths:
+        text = path.read_text()
+        if "curriculum:" not in text:
+            assert load_config(DataConfig, path).n_snapshots > 0, path
+            continue
+        cfg = load_train_config(path, ["data=/somewhere", "run_dir=/somewhere"])
+        assert cfg.curriculum.total_steps > 0, path
+        if cfg.init_from and cfg.init_from.startswith("experiments/"):
+            assert (ROOT / cfg.init_from).is_file(), f"{path}: init_from {cfg.init_from} is not committed"
+
+
 def test_model_override_by_name_and_field():
     cfg = load_train_config(ROOT / "configs/train/tiny.yaml", ["model=medium", "batch_size=2"])
     assert (cfg.model.kind, cfg.model.channels, cfg.batch_size) == ("parc", 128, 2)

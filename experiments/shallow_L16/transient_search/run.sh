@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Shallow quench (g 0.5 -> 0.8), L = 16: a small search around round 7's transient lever. Round 7 fine-tuned round 6's
+# model with a quarter of its n_step-8 windows starting in the first 16 snapshots (early_fraction 0.25, early_window
+# 16), one setting fixed before it ran. Here each VARIANT (FRACTION:WINDOW) reruns that fine-tune
+# (../transient/train_transient_n8.yaml, same seed, steps and budget) with only those two settings changed:
+#   1. per variant, in VARIANT/: the fine-tune, its calibration as rounds 4-7 (lib.sh shallow_finetune), and the
+#      variant, round 7 and the original on the 32 validation trajectories of another seed (validation_32.md);
+#   2. summary.md: each variant's checks met against the original and balanced score there, beside round 7's;
+#   3. the best variant (most checks met, then the balanced score), only if it is ahead of round 7 on val32
+#      (lib.sh ahead_on_target), on the test split (lib.sh shallow_candidate, in its VARIANT/).
+#   bash experiments/shallow_L16/transient_search/run.sh   (~8 min a variant on this project's 2-core VM;
+#   WORK=DIR for the large files; SHALLOW_DATA=DIR to reuse ../run.sh's data set, default its work/data;
+#   VARIANTS="0.5:16 0.25:8" to choose)
+SEARCH=$(cd "$(dirname "$0")" && pwd)
+source "$SEARCH/../../lib.sh"
+WORK_ROOT=${WORK:-$SEARCH/work}
+SHALLOW_DATA=${SHALLOW_DATA:-$SEARCH/../work/data}
+VARIANTS=${VARIANTS:-"0.5:16 0.25:8 0.5:8 0.125:16"}
+CONFIG=$ROOT/experiments/shallow_L16/transient/train_transient_n8.yaml
+ROUND6=$ROOT/experiments/shallow_L16/continued/model.pt
+export BASE="round7:$ROOT/experiments/shallow_L16/transient/model.pt:round 7 (transient)"
+cd "$ROOT"
+TRAIN=("${TRAIN_2RANKS[@]}")
+stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" --workers 2
+
+variant_name() { echo "f${1%%:*}_w${1#*:}"; }
+for v in $VARIANTS; do
+  name=$(variant_name "$v") HERE=$SEARCH/$name WORK=$WORK_ROOT/$name TIMES=()
+  mkdir -p "$HERE"
+  shallow_finetune "$name" "$CONFIG" "$ROUND6" curriculum.early_fraction="${v%%:*}" curriculum.early_window="${v#*:}"
+  shallow_val32_vs_base "$name" "early_fraction ${v%%:*}, early_window ${v#*:}" "$WORK/calibrated.pt" || true
+  write_times "$HERE/wall_times.json"
+done
+
+# the summary, and the best variant by the rule every round is judged by
+best=
+{
+  echo "| variant | checks met on val32 (of 14) | balanced score on val32 |"
+  echo "|---|---|---|"
+  for v in $VARIANTS; do
+    name=$(variant_name "$v") val32=$SEARCH/$(variant_name "$v")/val32
+    echo "| early_fraction ${v%%:*}, early_window ${v#*:} | $(met_checks "$val32/$name/report.json" \
+      "$val32/original/report.json") | $("$PY" -m holstein_dist.results score "$val32/$name/report.json" \
+      --score balanced | cut -d' ' -f1) |"
+    if [ -z "$best" ] || ahead_on_target "$val32/$name/report.json" "$SEARCH/$best/val32/$best/report.json" \
+         "$val32/original/report.json"; then best=$name; fi
+  done
+  val32=$SEARCH/$best/val32
+  echo "| round 7: early_fraction 0.25, early_window 16 | $(met_checks "$val32/round7/report.json" \
+    "$val32/original/report.json") | $("$PY" -m holstein_dist.results score "$val32/round7/report.json" \
+    --score balanced | cut -d' ' -f1) |"
+  echo
+  echo "best variant on val32: $best"
+} > "$SEARCH/summary.md"  # not piped to tee: a pipeline's subshell would lose $best
+cat "$SEARCH/summary.md"
+
+HERE=$SEARCH/$best WORK=$WORK_ROOT/$best TIMES=()
+shallow_candidate "$best" "round 8 candidate ($best)" "$WORK/calibrated.pt" "$SHALLOW_DATA"
+write_times "$HERE/wall_times_test.json"
