@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from holstein_dist.config import ConfigError
+from holstein_dist.config import ConfigError, load_config
 from holstein_dist.curriculum import Curriculum, Stage
 from holstein_dist.model import SCALE_KEYS, build_model
+from holstein_dist.shards import DataConfig
 from holstein_dist.train import load_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,9 +121,6 @@ def test_every_shipped_train_config_loads_with_each_model():
 def test_every_experiment_config_loads_and_starts_from_a_committed_model():
     """An experiment's rerun from nothing reads its YAML files with today's loaders; a schema change that breaks
     one, or an init_from naming a committed model that is gone, would surface only hours into a rerun."""
-    from holstein_dist.config import load_config
-    from holstein_dist.shards import DataConfig
-
     paths = sorted((ROOT / "experiments").rglob("*.yaml"))
     assert len(paths) > 20
     for path in paths:
