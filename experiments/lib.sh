@@ -223,15 +223,17 @@ shallow_round() {
   write_times "$HERE/wall_times.json"
 }
 
-# shallow_seed_check RUN CONFIG INIT SEED: a shallow_round's fine-tune again with another SEED, calibrated the same
-# way and scored on its 32 validation trajectories against the original; outputs in $HERE/seedSEED/ (the round's
-# own val32 reports, $HERE/val32/RUN and $HERE/val32/original, must exist).
+# shallow_seed_check RUN CONFIG INIT SEED [KEY=VALUE...]: a shallow_round's fine-tune (CONFIG and overrides as for
+# shallow_finetune) again with another SEED, calibrated the same way and scored on its 32 validation trajectories
+# against the original; outputs in $HERE/seedSEED/ (the round's own val32 reports, $HERE/val32/RUN and
+# $HERE/val32/original, must exist).
 shallow_seed_check() {
   local run=$1 config=$2 init=$3 seed=$4 last
   local out=$HERE/seed$seed name=${run}_seed$seed long_val=(--data "$SHALLOW_DATA" --split val --steps 1200)
   mkdir -p "$out/val32"
-  stage "train_$name" "${TRAIN[@]}" --config "$HERE/$config" data="$SHALLOW_DATA" run_dir="$WORK/run_$name" \
-    init_from="$init" seed="$seed"
+  [[ $config = /* ]] || config=$HERE/$config
+  stage "train_$name" "${TRAIN[@]}" --config "$config" data="$SHALLOW_DATA" run_dir="$WORK/run_$name" \
+    init_from="$init" seed="$seed" "${@:5}"
   last=$(ls "$WORK/run_$name/checkpoints"/step-*.pt | sort | tail -1)
   HERE=$out CALIBRATION=seed$seed calibrate_twice "$last" "$WORK/calibrated_seed$seed.pt" 0.012 13 "${long_val[@]}" \
     --symmetrize --score balanced
