@@ -192,6 +192,12 @@ shallow_single_step() {
     --steps 1200 --work "$WORK/curve_n1" --out "$dir/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
 }
 
+# config_path CONFIG: CONFIG as given when absolute, else $HERE/CONFIG (an experiment's own configs sit beside it)
+config_path() { [[ $1 = /* ]] && echo "$1" || echo "$HERE/$1"; }
+
+# ROUND7_BASE: round 7, the shallow model later candidates are judged against (BASE for shallow_candidate)
+ROUND7_BASE="round7:$ROOT/experiments/shallow_L16/transient/model.pt:round 7 (transient)"
+
 # shallow_finetune RUN CONFIG INIT [KEY=VALUE...]: a shallow n_step-8 stage and its calibration, as rounds 5 to 7 ran
 # them: CONFIG ($HERE/CONFIG unless absolute) with the overrides given, trained by $TRAIN from INIT into
 # $WORK/run_RUN on $SHALLOW_DATA; every kept checkpoint's 1200-step validation errors in
@@ -200,7 +206,7 @@ shallow_single_step() {
 shallow_finetune() {
   local run=$1 config=$2 init=$3 last
   local long_val=(--data "$SHALLOW_DATA" --split val --steps 1200)
-  [[ $config = /* ]] || config=$HERE/$config
+  config=$(config_path "$config")
   stage "train_$run" "${TRAIN[@]}" --config "$config" data="$SHALLOW_DATA" run_dir="$WORK/run_$run" \
     init_from="$init" "${@:4}"
   stage "curve_$run" "$PY" -m holstein_dist.results rollout-curve "$WORK/run_$run" "${long_val[@]}" \
@@ -231,7 +237,7 @@ shallow_seed_check() {
   local run=$1 config=$2 init=$3 seed=$4 last
   local out=$HERE/seed$seed name=${run}_seed$seed long_val=(--data "$SHALLOW_DATA" --split val --steps 1200)
   mkdir -p "$out/val32"
-  [[ $config = /* ]] || config=$HERE/$config
+  config=$(config_path "$config")
   stage "train_$name" "${TRAIN[@]}" --config "$config" data="$SHALLOW_DATA" run_dir="$WORK/run_$name" \
     init_from="$init" seed="$seed" "${@:5}"
   last=$(ls "$WORK/run_$name/checkpoints"/step-*.pt | sort | tail -1)

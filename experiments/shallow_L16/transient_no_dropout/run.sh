@@ -16,4 +16,4 @@ cd "$ROOT"
 
 shallow_round transient_no_dropout train_transient_no_dropout_n8.yaml \
   "$ROOT/experiments/shallow_L16/continued/model.pt" transient_no_dropout "round 8 candidate (transient, no dropout)" \
-  "round7:$ROOT/experiments/shallow_L16/transient/model.pt:round 7 (transient)"
+  "$ROUND7_BASE"

@@ -10,6 +10,5 @@ WORK=${WORK:-$SEARCH/work}/f0.5_w16
 SHALLOW_DATA=${SHALLOW_DATA:-$SEARCH/../work/data}
 cd "$ROOT"
 
-BASE="round7:$ROOT/experiments/shallow_L16/transient/model.pt:round 7 (transient)" \
-  shallow_candidate seed1 "round 8 candidate (0.5 / 16, seed 1)" "$WORK/calibrated_seed1.pt" "$SHALLOW_DATA"
+BASE=$ROUND7_BASE shallow_candidate seed1 "round 8 candidate (0.5 / 16, seed 1)" "$WORK/calibrated_seed1.pt" "$SHALLOW_DATA"
 write_times "$HERE/wall_times_test.json"

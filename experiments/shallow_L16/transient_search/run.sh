@@ -18,7 +18,7 @@ SHALLOW_DATA=${SHALLOW_DATA:-$SEARCH/../work/data}
 VARIANTS=${VARIANTS:-"0.5:16 0.25:8 0.5:8 0.125:16"}
 CONFIG=$ROOT/experiments/shallow_L16/transient/train_transient_n8.yaml
 ROUND6=$ROOT/experiments/shallow_L16/continued/model.pt
-export BASE="round7:$ROOT/experiments/shallow_L16/transient/model.pt:round 7 (transient)"
+export BASE=$ROUND7_BASE
 cd "$ROOT"
 TRAIN=("${TRAIN_2RANKS[@]}")
 stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" --workers 2
