@@ -195,8 +195,59 @@ shallow_single_step() {
 # config_path CONFIG: CONFIG as given when absolute, else $HERE/CONFIG (an experiment's own configs sit beside it)
 config_path() { [[ $1 = /* ]] && echo "$1" || echo "$HERE/$1"; }
 
-# ROUND7_BASE: round 7, the shallow model later candidates are judged against (BASE for shallow_candidate)
+# ROUND7_BASE, ROUND8_BASE: the chosen shallow models later candidates were judged against (BASE for shallow_candidate)
 ROUND7_BASE="round7:$ROOT/experiments/shallow_L16/transient/model.pt:round 7 (transient)"
+ROUND8_BASE="round8:$ROOT/experiments/shallow_L16/transient_search/f0.5_w16/seed1/model.pt:round 8 (transient 0.5/16, seed 1)"
+
+# search_variant DIR NAME LABEL CONFIG INIT [KEY=VALUE...]: one variant of a search around a shallow round, in DIR/NAME
+# (large files in $WORK_ROOT/NAME): shallow_finetune NAME CONFIG INIT with the overrides, then the calibrated model
+# against the base (BASE) and the original on val32 (shallow_val32_vs_base); wall times in DIR/NAME/wall_times.json.
+search_variant() {
+  local dir=$1 name=$2 label=$3
+  HERE=$dir/$name WORK=$WORK_ROOT/$name TIMES=()
+  mkdir -p "$HERE"
+  shallow_finetune "$name" "$4" "$5" "${@:6}"
+  shallow_val32_vs_base "$name" "$label" "$WORK/calibrated.pt" || true
+  write_times "$HERE/wall_times.json"
+}
+
+# search_candidate DIR LABEL: the search's $best (search_summary) as a candidate against BASE (shallow_candidate: the
+# test split only where it is ahead on val32), in DIR/$best; wall times in DIR/$best/wall_times_test.json.
+search_candidate() {
+  HERE=$1/$best WORK=$WORK_ROOT/$best TIMES=()
+  shallow_candidate "$best" "$2" "$WORK/calibrated.pt" "$SHALLOW_DATA"
+  write_times "$HERE/wall_times_test.json"
+}
+
+# search_summary DIR NAME:LABEL...: a search's variants (their val32 reports in DIR/NAME/val32, as shallow_val32_vs_base
+# writes them) in DIR/summary.md: each one's target checks met against the original and balanced score on val32, and
+# the base's (BASE) beside them; sets the caller's $best to the variant ahead of the others by ahead_on_target.
+search_summary() {
+  local dir=$1 spec name val32 b base_model base_label original
+  shift
+  base_parts
+  best=
+  {
+    echo "| variant | checks met on val32 (of 14) | balanced score on val32 |"
+    echo "|---|---|---|"
+    for spec in "$@"; do
+      name=${spec%%:*} val32=$dir/${spec%%:*}/val32
+      echo "| ${spec#*:} | $(met_checks "$val32/$name/report.json" "$val32/original/report.json") |" \
+        "$(balanced "$val32/$name/report.json") |"
+      if [ -z "$best" ] || ahead_on_target "$val32/$name/report.json" "$dir/$best/val32/$best/report.json" \
+           "$val32/original/report.json"; then best=$name; fi
+    done
+    val32=$dir/$best/val32
+    echo "| $base_label | $(met_checks "$val32/$b/report.json" "$val32/original/report.json") |" \
+      "$(balanced "$val32/$b/report.json") |"
+    echo
+    echo "best variant on val32: $best"
+  } > "$dir/summary.md"  # not piped to tee: a pipeline's subshell would lose $best
+  cat "$dir/summary.md"
+}
+balanced() {  # balanced REPORT: REPORT's balanced score (results score; lower is better)
+  "$PY" -m holstein_dist.results score "$1" --score balanced | cut -d' ' -f1
+}
 
 # shallow_finetune RUN CONFIG INIT [KEY=VALUE...]: a shallow n_step-8 stage and its calibration, as rounds 5 to 7 ran
 # them: CONFIG ($HERE/CONFIG unless absolute) with the overrides given, trained by $TRAIN from INIT into

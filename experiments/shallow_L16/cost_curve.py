@@ -35,6 +35,10 @@ ROUNDS = [
      "round 5 + 7,200 more n_step-8 steps, recalibrated"),
     ("7", "transient/eval/report.json", "transient/eval_reference/report.json", 126.4, 2, 3_072_000, 2_073_600,
      "round 6 + 1,800 n_step-8 steps, a quarter of the windows from the 16 snapshots after the quench"),
+    # round 8 trained round 7's steps (its 1,800 took 4.3 min on session 19's faster VM; minutes kept comparable)
+    ("8", "transient_search/f0.5_w16/seed1/eval/report.json",
+     "transient_search/f0.5_w16/seed1/eval_reference/report.json", 126.4, 2, 3_072_000, 2_073_600,
+     "round 6 + 1,800 n_step-8 steps, half the windows from the 16 snapshots after the quench (seed 1)"),
 ]
 ORIGINAL_WINDOWS = (10_485_760, 20_971_520)  # 163,840 steps at n_step 1 and 327,680 at n_step 8, batch 64
 

@@ -24,36 +24,12 @@ TRAIN=("${TRAIN_2RANKS[@]}")
 stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" --workers 2
 
 variant_name() { echo "f${1%%:*}_w${1#*:}"; }
+specs=()
 for v in $VARIANTS; do
-  name=$(variant_name "$v") HERE=$SEARCH/$name WORK=$WORK_ROOT/$name TIMES=()
-  mkdir -p "$HERE"
-  shallow_finetune "$name" "$CONFIG" "$ROUND6" curriculum.early_fraction="${v%%:*}" curriculum.early_window="${v#*:}"
-  shallow_val32_vs_base "$name" "early_fraction ${v%%:*}, early_window ${v#*:}" "$WORK/calibrated.pt" || true
-  write_times "$HERE/wall_times.json"
+  label="early_fraction ${v%%:*}, early_window ${v#*:}"
+  search_variant "$SEARCH" "$(variant_name "$v")" "$label" "$CONFIG" "$ROUND6" \
+    curriculum.early_fraction="${v%%:*}" curriculum.early_window="${v#*:}"
+  specs+=("$(variant_name "$v"):$label")
 done
-
-# the summary, and the best variant by the rule every round is judged by
-best=
-{
-  echo "| variant | checks met on val32 (of 14) | balanced score on val32 |"
-  echo "|---|---|---|"
-  for v in $VARIANTS; do
-    name=$(variant_name "$v") val32=$SEARCH/$(variant_name "$v")/val32
-    echo "| early_fraction ${v%%:*}, early_window ${v#*:} | $(met_checks "$val32/$name/report.json" \
-      "$val32/original/report.json") | $("$PY" -m holstein_dist.results score "$val32/$name/report.json" \
-      --score balanced | cut -d' ' -f1) |"
-    if [ -z "$best" ] || ahead_on_target "$val32/$name/report.json" "$SEARCH/$best/val32/$best/report.json" \
-         "$val32/original/report.json"; then best=$name; fi
-  done
-  val32=$SEARCH/$best/val32
-  echo "| round 7: early_fraction 0.25, early_window 16 | $(met_checks "$val32/round7/report.json" \
-    "$val32/original/report.json") | $("$PY" -m holstein_dist.results score "$val32/round7/report.json" \
-    --score balanced | cut -d' ' -f1) |"
-  echo
-  echo "best variant on val32: $best"
-} > "$SEARCH/summary.md"  # not piped to tee: a pipeline's subshell would lose $best
-cat "$SEARCH/summary.md"
-
-HERE=$SEARCH/$best WORK=$WORK_ROOT/$best TIMES=()
-shallow_candidate "$best" "round 8 candidate ($best)" "$WORK/calibrated.pt" "$SHALLOW_DATA"
-write_times "$HERE/wall_times_test.json"
+search_summary "$SEARCH" "${specs[@]}"
+search_candidate "$SEARCH" "round 8 candidate ($best)"
