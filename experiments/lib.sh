@@ -103,14 +103,24 @@ shallow_candidate() {
   base_parts
   shallow_val32_vs_base "$name" "$label" "$model" || { echo "$label: not tested"; return 0; }
   cp "$model" "$HERE/model.pt"
-  # all three on this machine's copy of the test split (a copy regenerated elsewhere may differ in its last bits)
-  for n in eval:"$HERE/model.pt" "eval_$b:$base_model" eval_reference:"$original"; do
-    stage "${n%%:*}" "$PY" -m holstein_dist.evaluate --checkpoint "${n#*:}" --data "$data" --split test \
-      --steps 1200 --out "$WORK/${n%%:*}"
-    keep_results "$WORK/${n%%:*}" "$HERE/${n%%:*}"
+  shallow_test "$data" "eval:$HERE/model.pt:$label" "eval_$b:$base_model:$base_label" "eval_reference:$original:original"
+}
+
+# shallow_test DATA NAME:MODEL:LABEL...: each MODEL on the test split of DATA x 1200 steps, its report and plots in
+# $HERE/NAME, and all of them side by side in $HERE/results.md. All on this machine's copy of the test split: a copy
+# regenerated elsewhere may differ in its last bits.
+shallow_test() {
+  local data=$1 spec name rest reports=() labels=()
+  shift
+  for spec in "$@"; do
+    name=${spec%%:*} rest=${spec#*:}
+    stage "$name" "$PY" -m holstein_dist.evaluate --checkpoint "${rest%%:*}" --data "$data" --split test \
+      --steps 1200 --out "$WORK/$name"
+    keep_results "$WORK/$name" "$HERE/$name"
+    reports+=("$HERE/$name/report.json") labels+=("${rest#*:}")
   done
-  "$PY" -m holstein_dist.results table "$HERE"/{eval,"eval_$b",eval_reference}/report.json \
-    --names "$label" "$base_label" original --steps 1 100 600 1200 --window 100 | tee "$HERE/results.md"
+  "$PY" -m holstein_dist.results table "${reports[@]}" --names "${labels[@]}" --steps 1 100 600 1200 --window 100 \
+    | tee "$HERE/results.md"
 }
 
 # base_parts: BASE (NAME:MODEL:LABEL, default round 4) split into the caller's locals b, base_model and base_label, and
@@ -178,18 +188,18 @@ shallow_val32() {
 TRAIN=("$PY" -m holstein_dist.train)
 TRAIN_2RANKS=("$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m holstein_dist.train)
 
-# shallow_single_step DIR [CONFIG]: stage 1 of the shallow rounds (DIR holds CONFIG, default train_n1_long.yaml, and
-# gets its curve): generate the shallow L=16 set into $SHALLOW_DATA (default $WORK/data), the long annealed
+# shallow_single_step DIR [CONFIG [CURVE_DIR]]: stage 1 of the shallow rounds (DIR holds CONFIG, default
+# train_n1_long.yaml; CURVE_DIR, default DIR, gets its curve): generate the shallow L=16 set into $SHALLOW_DATA (default $WORK/data), the long annealed
 # single-step stage launched by $TRAIN, and its checkpoint with the best long-rollout score on validation exported
 # to $WORK/chosen_n1.pt.
 shallow_single_step() {
-  local dir=$1 config=${2:-train_n1_long.yaml}
+  local dir=$1 config=${2:-train_n1_long.yaml} curve_dir=${3:-$1}
   SHALLOW_DATA=${SHALLOW_DATA:-$WORK/data}
   stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" \
     --workers 2
   stage train_n1 "${TRAIN[@]}" --config "$dir/$config" data="$SHALLOW_DATA" run_dir="$WORK/run_n1"
   stage select_n1 "$PY" -m holstein_dist.results rollout-curve "$WORK/run_n1" --data "$SHALLOW_DATA" --split val \
-    --steps 1200 --work "$WORK/curve_n1" --out "$dir/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
+    --steps 1200 --work "$WORK/curve_n1" --out "$curve_dir/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
 }
 
 # config_path CONFIG: CONFIG as given when absolute, else $HERE/CONFIG (an experiment's own configs sit beside it)
@@ -202,13 +212,20 @@ ROUND8_BASE="round8:$ROOT/experiments/shallow_L16/transient_search/f0.5_w16/seed
 # search_variant DIR NAME LABEL CONFIG INIT [KEY=VALUE...]: one variant of a search around a shallow round, in DIR/NAME
 # (large files in $WORK_ROOT/NAME): shallow_finetune NAME CONFIG INIT with the overrides, then the calibrated model
 # against the base (BASE) and the original on val32 (shallow_val32_vs_base); wall times in DIR/NAME/wall_times.json.
+# A variant whose calibrated model and wall times exist from an earlier run of the search is not trained again
+# (a rerun with more variants, or after a failure): only its val32 comparison is redone.
 search_variant() {
-  local dir=$1 name=$2 label=$3
+  local dir=$1 name=$2 label=$3 fresh=1
   HERE=$dir/$name WORK=$WORK_ROOT/$name TIMES=()
   mkdir -p "$HERE"
-  shallow_finetune "$name" "$4" "$5" "${@:6}"
+  if [ -f "$WORK/calibrated.pt" ] && [ -f "$HERE/wall_times.json" ]; then
+    echo "=== $name: trained and calibrated by an earlier run ($WORK/calibrated.pt); not again"
+    fresh=
+  else
+    shallow_finetune "$name" "$4" "$5" "${@:6}"
+  fi
   shallow_val32_vs_base "$name" "$label" "$WORK/calibrated.pt" || true
-  write_times "$HERE/wall_times.json"
+  [ -z "$fresh" ] || write_times "$HERE/wall_times.json"
 }
 
 # search_candidate DIR LABEL: the search's $best (search_summary) as a candidate against BASE (shallow_candidate: the

@@ -295,6 +295,8 @@ def data_identity(ds: Dataset, split_name: str, plan: Plan) -> dict[str, Any]:
         "manifest_sha256": file_sha256(Path(ds.root) / MANIFEST),
         # Stable across manifest rewrites (e.g. a resumed generate run): the split's shard contents.
         "split_sha256": hashlib.sha256("".join(shard_hashes).encode()).hexdigest(),
+        # The same for every copy of the split generated from one config and seed (the files' bytes are not).
+        "split_content_sha256": ds.split(split_name).content_sha256(),
         "split": split_name,
         "split_trajectories": ds.split(split_name).n_trajectories,
         "rollouts": len(plan.indices),

@@ -206,7 +206,11 @@ def check_same_test_set(reports: Sequence[Mapping[str, Any]], names: Sequence[st
     """Refuse to compare reports made on different trajectories or horizons."""
     first = reports[0]
     for name, report in zip(names[1:], reports[1:], strict=True):
-        for what, key in (("test set", ("data", "split_sha256")), ("rollouts", ("data", "rollouts")),
+        # A split's values name it; reports made before they were recorded fall back to its files' sha256,
+        # which differ between two generations of the same split.
+        split_key = "split_content_sha256" if all("split_content_sha256" in r["data"] for r in (first, report)) \
+            else "split_sha256"
+        for what, key in (("test set", ("data", split_key)), ("rollouts", ("data", "rollouts")),
                           ("steps", ("settings", "steps"))):
             a, b = first[key[0]][key[1]], report[key[0]][key[1]]
             if a != b:

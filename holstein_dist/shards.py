@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -669,6 +670,25 @@ class Split:
                     out[key] = np.empty((len(indices),) + block.shape[1:], block.dtype)
                 out[key][rows] = block
         return out
+
+    def content_sha256(self) -> str:
+        """SHA-256 of the split's stored values in trajectory order (snapshots, energy, t0, ids), not of its files.
+
+        HDF5 files of the same values differ in their bytes (the shard's creation time, the library's layout of
+        metadata), so the files' sha256 differ between two generations of one config and seed; this does not, and
+        names the trajectories a report was made on. The half-step states are left out: they follow from the
+        snapshots' trajectories and evaluation never reads them. Reads those keys once, one trajectory at a time.
+        """
+        digest = hashlib.sha256()
+        for path in self.shard_paths:
+            f = self._file(path)
+            for key in (k for k in ALL_KEYS if k not in MID_KEYS):
+                with _corruption_named(path, self.root):
+                    dataset = f[key]
+                    digest.update(f"{key}:{dataset.dtype.str}:{dataset.shape}".encode())
+                    for row in range(dataset.shape[0]):
+                        digest.update(np.ascontiguousarray(dataset[row]).tobytes())
+        return digest.hexdigest()
 
     def nbytes(self, keys: Sequence[str] = STATE_KEYS) -> int:
         """Bytes the whole split's ``keys`` take in memory as stored (what reading them all would allocate)."""

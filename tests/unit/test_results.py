@@ -413,3 +413,17 @@ def test_target_counts_the_checks_a_model_meets_against_a_reference(tmp_path, ca
     assert results.main(["target", other, "--reference", reference]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "other test set" in err and err.count("\n") == 1
+
+
+def test_reports_on_two_generations_of_one_split_compare_by_its_values():
+    def report(files: str, values: str | None) -> dict:
+        data = {"split_sha256": files, "rollouts": 4, **({"split_content_sha256": values} if values else {})}
+        return {"data": data, "settings": {"steps": 1200}}
+
+    names = ["a", "b"]
+    results.check_same_test_set([report("f1", "v"), report("f2", "v")], names)  # regenerated: files differ
+    with pytest.raises(ValueError, match="other test set"):
+        results.check_same_test_set([report("f1", "v"), report("f1", "w")], names)
+    results.check_same_test_set([report("f1", None), report("f1", "v")], names)  # older report: the files decide
+    with pytest.raises(ValueError, match="other test set"):
+        results.check_same_test_set([report("f1", None), report("f2", "v")], names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+import time
 from pathlib import Path
 
 import h5py
@@ -225,6 +226,20 @@ def test_read_window_and_keys(dataset):
     assert out["traj_id"] == 7 and out["t0"] == pytest.approx(0.07) and out["energy"].shape == (5,)
     assert set(test.read(0)) == {"rho", "Q", "P"} and test.read(0)["rho"].shape == (T + 1, L, L)
     assert test.read(0, 15, T + 1, keys=["Q_mid"])["Q_mid"].shape == (T - 15, L), "mid stop clipped to T"
+
+
+def test_content_sha256_names_the_values_not_the_files(tmp_path):
+    make_dataset(tmp_path / "a", small_config())
+    time.sleep(1.1)  # the shards' creation-time attribute differs: the files' bytes do
+    make_dataset(tmp_path / "b", small_config())
+    a, b = sh.open_dataset(tmp_path / "a"), sh.open_dataset(tmp_path / "b")
+    assert a.split("test").shard_paths[0].read_bytes() != b.split("test").shard_paths[0].read_bytes()
+    assert a.split("test").content_sha256() == b.split("test").content_sha256()
+    assert a.split("test").content_sha256() != a.split("train").content_sha256()
+    b.split("test").close()
+    with h5py.File(b.split("test").shard_paths[-1], "r+") as f:  # one value of one trajectory changed
+        f["P"][0, 3, 2] += 1.0
+    assert sh.open_dataset(tmp_path / "b").split("test").content_sha256() != a.split("test").content_sha256()
 
 
 def test_read_many_matches_read_in_any_order(dataset):
