@@ -209,6 +209,23 @@ config_path() { [[ $1 = /* ]] && echo "$1" || echo "$HERE/$1"; }
 ROUND7_BASE="round7:$ROOT/experiments/shallow_L16/transient/model.pt:round 7 (transient)"
 ROUND8_BASE="round8:$ROOT/experiments/shallow_L16/transient_search/f0.5_w16/seed1/model.pt:round 8 (transient 0.5/16, seed 1)"
 
+# ROUND6_MODEL, TRANSIENT_CONFIG: the model and config rounds 7 and 8 fine-tuned, which their searches vary around
+ROUND6_MODEL=$ROOT/experiments/shallow_L16/continued/model.pt
+TRANSIENT_CONFIG=$ROOT/experiments/shallow_L16/transient/train_transient_n8.yaml
+
+# search_start SEARCH BASE: how a search around a shallow round starts, from its directory SEARCH: large files under
+# $WORK_ROOT (WORK, default SEARCH/work), the shallow set in $SHALLOW_DATA (default ../run.sh's work/data, generated
+# here when missing), trainings on both cores, candidates judged against BASE (NAME:MODEL:LABEL).
+search_start() {
+  WORK_ROOT=${WORK:-$1/work}
+  SHALLOW_DATA=${SHALLOW_DATA:-$1/../work/data}
+  export BASE=$2
+  TRAIN=("${TRAIN_2RANKS[@]}")
+  cd "$ROOT"
+  stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" \
+    --workers 2
+}
+
 # search_variant DIR NAME LABEL CONFIG INIT [KEY=VALUE...]: one variant of a search around a shallow round, in DIR/NAME
 # (large files in $WORK_ROOT/NAME): shallow_finetune NAME CONFIG INIT with the overrides, then the calibrated model
 # against the base (BASE) and the original on val32 (shallow_val32_vs_base); wall times in DIR/NAME/wall_times.json.

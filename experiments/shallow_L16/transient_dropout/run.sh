@@ -13,19 +13,12 @@
 #   WORK=DIR for the large files; SHALLOW_DATA=DIR to reuse ../run.sh's data set; DROPOUTS="0.1" to choose)
 SEARCH=$(cd "$(dirname "$0")" && pwd)
 source "$SEARCH/../../lib.sh"
-WORK_ROOT=${WORK:-$SEARCH/work}
-SHALLOW_DATA=${SHALLOW_DATA:-$SEARCH/../work/data}
 DROPOUTS=${DROPOUTS:-"0.1 0.05"}
-CONFIG=$ROOT/experiments/shallow_L16/transient/train_transient_n8.yaml
-ROUND6=$ROOT/experiments/shallow_L16/continued/model.pt
-export BASE=$ROUND8_BASE
-cd "$ROOT"
-TRAIN=("${TRAIN_2RANKS[@]}")
-stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" --workers 2
+search_start "$SEARCH" "$ROUND8_BASE"
 
 specs=()
 for d in $DROPOUTS; do
-  search_variant "$SEARCH" "d$d" "dropout $d" "$CONFIG" "$ROUND6" curriculum.early_fraction=0.5 \
+  search_variant "$SEARCH" "d$d" "dropout $d" "$TRANSIENT_CONFIG" "$ROUND6_MODEL" curriculum.early_fraction=0.5 \
     curriculum.early_window=16 seed=1 model.dropout="$d"
   specs+=("d$d:dropout $d")
 done

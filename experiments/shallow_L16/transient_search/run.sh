@@ -13,21 +13,14 @@
 #   VARIANTS="0.5:16 0.25:8" to choose)
 SEARCH=$(cd "$(dirname "$0")" && pwd)
 source "$SEARCH/../../lib.sh"
-WORK_ROOT=${WORK:-$SEARCH/work}
-SHALLOW_DATA=${SHALLOW_DATA:-$SEARCH/../work/data}
 VARIANTS=${VARIANTS:-"0.5:16 0.25:8 0.5:8 0.125:16"}
-CONFIG=$ROOT/experiments/shallow_L16/transient/train_transient_n8.yaml
-ROUND6=$ROOT/experiments/shallow_L16/continued/model.pt
-export BASE=$ROUND7_BASE
-cd "$ROOT"
-TRAIN=("${TRAIN_2RANKS[@]}")
-stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" --workers 2
+search_start "$SEARCH" "$ROUND7_BASE"
 
 variant_name() { echo "f${1%%:*}_w${1#*:}"; }
 specs=()
 for v in $VARIANTS; do
   label="early_fraction ${v%%:*}, early_window ${v#*:}"
-  search_variant "$SEARCH" "$(variant_name "$v")" "$label" "$CONFIG" "$ROUND6" \
+  search_variant "$SEARCH" "$(variant_name "$v")" "$label" "$TRANSIENT_CONFIG" "$ROUND6_MODEL" \
     curriculum.early_fraction="${v%%:*}" curriculum.early_window="${v#*:}"
   specs+=("$(variant_name "$v"):$label")
 done

@@ -12,6 +12,5 @@ SHALLOW_DATA=${SHALLOW_DATA:-$SEARCH/../work/data}
 cd "$ROOT"
 TRAIN=("${TRAIN_2RANKS[@]}")
 
-shallow_seed_check f0.5_w16 "$ROOT/experiments/shallow_L16/transient/train_transient_n8.yaml" \
-  "$ROOT/experiments/shallow_L16/continued/model.pt" 1 curriculum.early_fraction=0.5 curriculum.early_window=16
+shallow_seed_check f0.5_w16 "$TRANSIENT_CONFIG" "$ROUND6_MODEL" 1 curriculum.early_fraction=0.5 curriculum.early_window=16
 write_times "$HERE/seed1/wall_times.json"
