@@ -146,15 +146,23 @@ shallow_val32_vs_base() {
     --names "$label" "$base_label" original --steps 1 100 600 1200 --window 100 | tee "$HERE/validation_32.md"
   "$PY" -m holstein_dist.results score "$HERE"/val32/{"$name","$b",original}/report.json --score balanced \
     | tee -a "$HERE/validation_32.md"
-  for n in "$name" "$b"; do
-    printf '\n%s against the original (results target)\n\n' "$n"
-    "$PY" -m holstein_dist.results target "$HERE/val32/$n/report.json" --reference "$HERE/val32/original/report.json"
-  done | tee -a "$HERE/validation_32.md"
+  against_original "$HERE/val32/original/report.json" "$name:$HERE/val32/$name/report.json" \
+    "$b:$HERE/val32/$b/report.json" | tee -a "$HERE/validation_32.md"
   if ! ahead_on_target "$HERE/val32/$name/report.json" "$HERE/val32/$b/report.json" "$HERE/val32/original/report.json"
   then
     echo "$label is not ahead of $base_label on the 32 validation trajectories"
     return 1
   fi
+}
+
+# against_original ORIGINAL NAME:REPORT...: each REPORT's target checks against the original's report (results target)
+against_original() {
+  local original=$1 spec
+  shift
+  for spec in "$@"; do
+    printf '\n%s against the original (results target)\n\n' "${spec%%:*}"
+    "$PY" -m holstein_dist.results target "${spec#*:}" --reference "$original"
+  done
 }
 
 # ahead_on_target REPORT BASE ORIGINAL: REPORT meets more of the shallow target's checks against ORIGINAL (results target:
@@ -188,15 +196,20 @@ shallow_val32() {
 TRAIN=("$PY" -m holstein_dist.train)
 TRAIN_2RANKS=("$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m holstein_dist.train)
 
+# shallow_generate: the shallow L=16 set (configs/data/shallow_L16.yaml) into $SHALLOW_DATA; a finished set is kept
+shallow_generate() {
+  stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" \
+    --workers 2
+}
+
 # shallow_single_step DIR [CONFIG [CURVE_DIR]]: stage 1 of the shallow rounds (DIR holds CONFIG, default
-# train_n1_long.yaml; CURVE_DIR, default DIR, gets its curve): generate the shallow L=16 set into $SHALLOW_DATA (default $WORK/data), the long annealed
-# single-step stage launched by $TRAIN, and its checkpoint with the best long-rollout score on validation exported
-# to $WORK/chosen_n1.pt.
+# train_n1_long.yaml; CURVE_DIR, default DIR, gets its curve): the shallow set into $SHALLOW_DATA (default
+# $WORK/data), the long annealed single-step stage launched by $TRAIN, and its checkpoint with the best long-rollout
+# score on validation exported to $WORK/chosen_n1.pt.
 shallow_single_step() {
   local dir=$1 config=${2:-train_n1_long.yaml} curve_dir=${3:-$1}
   SHALLOW_DATA=${SHALLOW_DATA:-$WORK/data}
-  stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" \
-    --workers 2
+  shallow_generate
   stage train_n1 "${TRAIN[@]}" --config "$dir/$config" data="$SHALLOW_DATA" run_dir="$WORK/run_n1"
   stage select_n1 "$PY" -m holstein_dist.results rollout-curve "$WORK/run_n1" --data "$SHALLOW_DATA" --split val \
     --steps 1200 --work "$WORK/curve_n1" --out "$curve_dir/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
@@ -222,8 +235,7 @@ search_start() {
   export BASE=$2
   TRAIN=("${TRAIN_2RANKS[@]}")
   cd "$ROOT"
-  stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" \
-    --workers 2
+  shallow_generate
 }
 
 # search_variant DIR NAME LABEL CONFIG INIT [KEY=VALUE...]: one variant of a search around a shallow round, in DIR/NAME
@@ -267,20 +279,17 @@ search_summary() {
     for spec in "$@"; do
       name=${spec%%:*} val32=$dir/${spec%%:*}/val32
       echo "| ${spec#*:} | $(met_checks "$val32/$name/report.json" "$val32/original/report.json") |" \
-        "$(balanced "$val32/$name/report.json") |"
+        "$(score_of "$val32/$name/report.json" balanced) |"
       if [ -z "$best" ] || ahead_on_target "$val32/$name/report.json" "$dir/$best/val32/$best/report.json" \
            "$val32/original/report.json"; then best=$name; fi
     done
     val32=$dir/$best/val32
     echo "| $base_label | $(met_checks "$val32/$b/report.json" "$val32/original/report.json") |" \
-      "$(balanced "$val32/$b/report.json") |"
+      "$(score_of "$val32/$b/report.json" balanced) |"
     echo
     echo "best variant on val32: $best"
   } > "$dir/summary.md"  # not piped to tee: a pipeline's subshell would lose $best
   cat "$dir/summary.md"
-}
-balanced() {  # balanced REPORT: REPORT's balanced score (results score; lower is better)
-  "$PY" -m holstein_dist.results score "$1" --score balanced | cut -d' ' -f1
 }
 
 # shallow_finetune RUN CONFIG INIT [KEY=VALUE...]: a shallow n_step-8 stage and its calibration, as rounds 5 to 7 ran
@@ -307,8 +316,7 @@ shallow_finetune() {
 shallow_round() {
   local run=$1 config=$2 init=$3 name=$4 label=$5 base=$6
   TRAIN=("${TRAIN_2RANKS[@]}")
-  stage generate "$PY" -m holstein_dist.generate --config configs/data/shallow_L16.yaml --out "$SHALLOW_DATA" \
-    --workers 2
+  shallow_generate
   shallow_finetune "$run" "$config" "$init"
   BASE=$base shallow_candidate "$name" "$label" "$WORK/calibrated.pt" "$SHALLOW_DATA"
   write_times "$HERE/wall_times.json"
@@ -492,9 +500,10 @@ best_calibrated_score() {  # best_calibrated_score CSV: the lowest score of a re
   awk -F, 'NR > 1 {print $NF}' "$1" | sort -g | head -1
 }
 beats() {  # beats REPORT OTHER [SCORE]: REPORT's score (default climate; lower is better) is below OTHER's, not tied
-  local score=${3:-climate}
-  lower "$("$PY" -m holstein_dist.results score --score "$score" "$1" | awk '{print $1}')" \
-    "$("$PY" -m holstein_dist.results score --score "$score" "$2" | awk '{print $1}')"
+  lower "$(score_of "$1" "${3:-climate}")" "$(score_of "$2" "${3:-climate}")"
+}
+score_of() {  # score_of REPORT [SCORE]: REPORT's score by results score (default climate; lower is better)
+  "$PY" -m holstein_dist.results score --score "${2:-climate}" "$1" | awk '{print $1}'
 }
 # beside_chosen_val64 NAME...: the val64/NAME reports beside the chosen model's (results_val64.md); sets BEST, the name
 # with the lowest climate score there

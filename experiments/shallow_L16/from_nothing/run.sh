@@ -36,8 +36,6 @@ done
 cp "$WORK/round8.pt" "$HERE/model.pt"
 shallow_test "$SHALLOW_DATA" "eval:$HERE/model.pt:round 8 from nothing" \
   "eval_round8:${ROUND8_BASE#*:}" "eval_reference:$REFERENCE/tiny-quench_0p5_0p8-L_16:original"
-for name in eval eval_round8; do
-  printf '\n%s against the original (results target)\n\n' "$name"
-  "$PY" -m holstein_dist.results target "$HERE/$name/report.json" --reference "$HERE/eval_reference/report.json"
-done | tee "$HERE/target.md"
+against_original "$HERE/eval_reference/report.json" eval:"$HERE/eval/report.json" \
+  eval_round8:"$HERE/eval_round8/report.json" | tee "$HERE/target.md"
 write_times "$HERE/wall_times.json"
