@@ -202,15 +202,15 @@ shallow_generate() {
     --workers 2
 }
 
-# shallow_single_step DIR [CONFIG [CURVE_DIR]]: stage 1 of the shallow rounds (DIR holds CONFIG, default
-# train_n1_long.yaml; CURVE_DIR, default DIR, gets its curve): the shallow set into $SHALLOW_DATA (default
-# $WORK/data), the long annealed single-step stage launched by $TRAIN, and its checkpoint with the best long-rollout
-# score on validation exported to $WORK/chosen_n1.pt.
+# shallow_single_step DIR [CONFIG [CURVE_DIR [KEY=VALUE...]]]: stage 1 of the shallow rounds (DIR holds CONFIG,
+# default train_n1_long.yaml; CURVE_DIR, default DIR, gets its curve; the overrides go to the training): the shallow
+# set into $SHALLOW_DATA (default $WORK/data), the long annealed single-step stage launched by $TRAIN, and its
+# checkpoint with the best long-rollout score on validation exported to $WORK/chosen_n1.pt.
 shallow_single_step() {
   local dir=$1 config=${2:-train_n1_long.yaml} curve_dir=${3:-$1}
   SHALLOW_DATA=${SHALLOW_DATA:-$WORK/data}
   shallow_generate
-  stage train_n1 "${TRAIN[@]}" --config "$dir/$config" data="$SHALLOW_DATA" run_dir="$WORK/run_n1"
+  stage train_n1 "${TRAIN[@]}" --config "$dir/$config" data="$SHALLOW_DATA" run_dir="$WORK/run_n1" "${@:4}"
   stage select_n1 "$PY" -m holstein_dist.results rollout-curve "$WORK/run_n1" --data "$SHALLOW_DATA" --split val \
     --steps 1200 --work "$WORK/curve_n1" --out "$curve_dir/rollout_curve_val_n1.csv" --export "$WORK/chosen_n1.pt"
 }
@@ -308,6 +308,33 @@ shallow_finetune() {
   last=$(ls "$WORK/run_$run/checkpoints"/step-*.pt | sort | tail -1)
   calibrate_twice "$last" "$WORK/calibrated.pt" 0.012 13 "${long_val[@]}" --symmetrize --score balanced
   "$PY" -m holstein_dist.results curve "$WORK/run_$run" --out "$HERE/training_curve_$run.csv"
+}
+
+# round8_recipe SCALE: the chosen shallow model's recipe (round 8) from nothing, on both cores, with its first three
+# stages SCALE times as long (each stage's batches_per_epoch x SCALE, so its cosine schedule stretches with it):
+#   1. the shallow set into $SHALLOW_DATA; round 5's single-step stage (budget/train_n1.yaml: 24,000 steps x SCALE on
+#      2 ranks x 64) and its checkpoint with the best 1200-step score on the 4 validation trajectories;
+#   2. round 5's n_step-8 fine-tune from it (budget/train_finetune_n8.yaml: 7,200 steps x SCALE), its last checkpoint
+#      group-averaged and rate-calibrated on validation (shallow_finetune);
+#   3. round 6's continuation from that (continued/train_continue_n8.yaml: 7,200 steps x SCALE), calibrated the same;
+#   4. round 8's transient fine-tune from that (transient/train_transient_n8.yaml with early_fraction 0.5, early_window
+#      16, seed 1: 1,800 steps at every SCALE: it sets the rollouts' phase, not the error floor), calibrated the same.
+# Each stage's model in $WORK/NAME.pt (chosen_n1, round5, round6, round8), its curves and calibration grids in $HERE
+# named by the round it reproduces. Every choice is made on validation; the test split is not read.
+round8_recipe() {
+  local scale=$1 spec name config init per_epoch overrides shallow=$ROOT/experiments/shallow_L16
+  TRAIN=("${TRAIN_2RANKS[@]}")
+  shallow_single_step "$shallow/budget" train_n1.yaml "$HERE" curriculum.batches_per_epoch=$((1000 * scale))
+  "$PY" -m holstein_dist.results curve "$WORK/run_n1" --out "$HERE/training_curve_n1.csv"
+  for spec in round5:budget/train_finetune_n8.yaml:chosen_n1:$((720 * scale)) \
+              round6:continued/train_continue_n8.yaml:round5:$((720 * scale)) \
+              round8:transient/train_transient_n8.yaml:round6:600; do
+    IFS=: read -r name config init per_epoch <<< "$spec"
+    overrides=(curriculum.batches_per_epoch="$per_epoch")
+    [ "$name" = round8 ] && overrides+=(curriculum.early_fraction=0.5 curriculum.early_window=16 seed=1)
+    CALIBRATION=$name shallow_finetune "$name" "$shallow/$config" "$WORK/$init.pt" "${overrides[@]}"
+    cp "$WORK/calibrated.pt" "$WORK/$name.pt"
+  done
 }
 
 # shallow_round RUN CONFIG INIT NAME LABEL BASE: one shallow fine-tune round on both cores, as rounds 6 and 7 ran:

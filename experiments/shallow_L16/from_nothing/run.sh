@@ -18,21 +18,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
 WORK=${WORK:-$HERE/work}
 SHALLOW_DATA=${SHALLOW_DATA:-$WORK/data}
-SHALLOW=$ROOT/experiments/shallow_L16
-TRAIN=("${TRAIN_2RANKS[@]}")
 cd "$ROOT"
 
-shallow_single_step "$SHALLOW/budget" train_n1.yaml "$HERE"
-"$PY" -m holstein_dist.results curve "$WORK/run_n1" --out "$HERE/training_curve_n1.csv"
-# each stage's curves and calibration grids beside this script, named by the round they reproduce
-for round in round5:budget/train_finetune_n8.yaml:chosen_n1 round6:continued/train_continue_n8.yaml:round5 \
-             round8:transient/train_transient_n8.yaml:round6; do
-  IFS=: read -r name config init <<< "$round"
-  overrides=()
-  [ "$name" = round8 ] && overrides=(curriculum.early_fraction=0.5 curriculum.early_window=16 seed=1)
-  CALIBRATION=$name shallow_finetune "$name" "$SHALLOW/$config" "$WORK/$init.pt" "${overrides[@]}"
-  cp "$WORK/calibrated.pt" "$WORK/$name.pt"
-done
+round8_recipe 1
 cp "$WORK/round8.pt" "$HERE/model.pt"
 shallow_test "$SHALLOW_DATA" "eval:$HERE/model.pt:round 8 from nothing" \
   "eval_round8:${ROUND8_BASE#*:}" "eval_reference:$REFERENCE/tiny-quench_0p5_0p8-L_16:original"
