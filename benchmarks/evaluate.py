@@ -44,7 +44,7 @@ def synthetic_share(n_traj: int, n_times: int, L: int) -> evaluate.Share:
     model = {"charge": sample_series(n_traj, n_times, seed=3), "lattice": sample_series(n_traj, n_times, seed=4),
              "energy": -0.6 + 1e-4 * sample_series(n_traj, n_times, seed=5),
              "kinetic": np.full((n_traj, n_times), 2e-3), "walls": np.full((n_traj, n_times), 1.0)}
-    errors = {key: np.linspace(0.0, 1.0, n_times) * n_traj * L for key in RMSE_COMPONENTS}
+    errors = {key: np.tile(np.linspace(0.0, 1.0, n_times) * L, (n_traj, 1)) for key in RMSE_COMPONENTS}
     return evaluate.Share(truth, model, errors, None, 1.0, {"seconds": 1.0, "trajectory_steps": 1})
 
 

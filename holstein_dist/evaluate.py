@@ -56,7 +56,7 @@ from holstein_dist.metrics import (
     energy_drift,
     lattice_order,
     power_spectrum_distance,
-    rmse_by_step,
+    squared_errors_by_rollout,
     structure_factor,
     structure_factor_peak,
     swing_by_part,
@@ -321,7 +321,9 @@ class Share:
 
     truth: dict[str, np.ndarray]  # charge, lattice, energy, energy_stored: [n, T+1]
     model: dict[str, np.ndarray] | None  # charge, lattice, energy: [n, T+1]
-    squared_errors: dict[str, np.ndarray] | None  # RMSE_COMPONENTS -> sum of squared errors per step, [T+1]
+    # RMSE_COMPONENTS -> sum of squared errors per rollout and step, [n, T+1]: per rollout so that the report can
+    # keep each rollout's error at a few steps (``mse_by_rollout``) for a paired comparison of two models.
+    squared_errors: dict[str, np.ndarray] | None
     pattern: dict[str, np.ndarray] | None  # staggered density [T+1, L] of the first selected trajectory
     rollout_seconds: float
     baseline: dict[str, Any]
@@ -358,15 +360,8 @@ def state_series(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, plan: Plan) -> d
 
 
 def squared_error_sums(pred: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-step sums of squared errors per RMSE component, so that ranks can add them up.
-
-    ``metrics.rmse_by_step`` pools the mean over trajectories and entries; multiplying back by the
-    entry count (``metrics.component_entries``) gives the sum.
-    """
-    n, _, L = truth[1].shape
-    entries = component_entries(n, L)
-    rmse = rmse_by_step(tuple(pred), tuple(truth))
-    return {key: rmse[key] ** 2 * entries[key] for key in RMSE_COMPONENTS}
+    """Per-step sums of squared errors per RMSE component over all rollouts, so that ranks can add them up."""
+    return {key: np.sum(value, axis=0) for key, value in squared_errors_by_rollout(tuple(pred), tuple(truth)).items()}
 
 
 def mode_series(rho: np.ndarray, Q: np.ndarray) -> dict[str, np.ndarray]:
@@ -416,7 +411,7 @@ def _empty_share(plan: Plan, with_model: bool) -> Share:
     return Share(
         truth={key: empty for key in (*SERIES_KEYS, "energy_stored")},
         model=dict.fromkeys(SERIES_KEYS, empty) if with_model else None,
-        squared_errors={key: np.zeros(plan.steps + 1) for key in RMSE_COMPONENTS} if with_model else None,
+        squared_errors=dict.fromkeys(RMSE_COMPONENTS, empty) if with_model else None,
         pattern=None,
         modes={"truth": empty_modes, **({"model": empty_modes} if with_model else {})},
         rollout_seconds=0.0,
@@ -462,14 +457,13 @@ def evaluate_share(split: Split, plan: Plan, positions: range, model: Surrogate 
             rollout_seconds += seconds
             model_parts.append(state_series(*pred, plan))
             mode_parts["model"].append(mode_series(pred[0], pred[1]))
-            error_parts.append(squared_error_sums(pred, truth))
+            error_parts.append(squared_errors_by_rollout(pred, truth))
             if first_batch_of_all:
                 pattern["model"] = staggered_density(pred[0][0])
     return Share(
         truth=_concat(truth_parts),
         model=_concat(model_parts) if model is not None else None,
-        squared_errors={k: np.sum([e[k] for e in error_parts], axis=0) for k in RMSE_COMPONENTS}
-        if error_parts else None,
+        squared_errors=_concat(error_parts) if error_parts else None,
         pattern=pattern,
         modes={kind: _concat(parts) for kind, parts in mode_parts.items() if parts},
         rollout_seconds=rollout_seconds,
@@ -527,8 +521,7 @@ def merge_shares(shares: Sequence[Share]) -> Share:
     return Share(
         truth=_concat([s.truth for s in shares]),
         model=_concat([s.model for s in shares]) if with_model else None,
-        squared_errors={k: np.sum([s.squared_errors[k] for s in shares], axis=0) for k in RMSE_COMPONENTS}
-        if with_model else None,
+        squared_errors=_concat([s.squared_errors for s in shares]) if with_model else None,
         pattern=next((s.pattern for s in shares if s.pattern is not None), None),
         modes=None if shares[0].modes is None
         else {kind: _concat([s.modes[kind] for s in shares]) for kind in shares[0].modes},
@@ -605,6 +598,21 @@ def climate_mask(merged: Share) -> np.ndarray:
                            DIVERGENCE_FACTOR)
 
 
+MSE_BY_ROLLOUT_EVERY = 100
+"""The report keeps each rollout's mean squared error at step 1 and every this many steps (``mse_by_rollout``)."""
+
+
+def mse_by_rollout(squared_errors: Mapping[str, np.ndarray], plan: Plan) -> dict[str, Any]:
+    """Each rollout's mean squared error per component (over its entries) at step 1 and every
+    ``MSE_BY_ROLLOUT_EVERY`` steps: ``{"steps", "rollouts" (split-local indices, report order), component:
+    [step][rollout]}``. Two reports on the same rollouts can then be compared with a paired bootstrap (``results
+    target``): how far the RMSE ratio at a step would move on another test split of this size."""
+    steps = sorted({1, *range(MSE_BY_ROLLOUT_EVERY, plan.steps + 1, MSE_BY_ROLLOUT_EVERY)} & set(range(plan.steps + 1)))
+    per_state = component_entries(1, plan.L)
+    return {"steps": steps, "rollouts": list(plan.indices),
+            **{k: (squared_errors[k][:, steps] / per_state[k]).T for k in RMSE_COMPONENTS}}
+
+
 def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.ndarray],
                   truth_sums: Mapping[str, LagSums]) -> dict[str, Any]:
     """The model-vs-truth part of the report, shaped like it: ``build_report`` merges its ``autocorr``,
@@ -642,7 +650,8 @@ def model_metrics(merged: Share, plan: Plan, truth_autocorr: Mapping[str, np.nda
         "divergent_fraction": float(np.mean(diverged)),
         "divergent_rollouts": int(np.sum(diverged)),
         "climate_rollouts": int(np.sum(kept)),
-        "rmse_by_step": {k: np.sqrt(merged.squared_errors[k] / entries[k]) for k in RMSE_COMPONENTS},
+        "rmse_by_step": {k: np.sqrt(np.sum(merged.squared_errors[k], axis=0) / entries[k]) for k in RMSE_COMPONENTS},
+        "mse_by_rollout": mse_by_rollout(merged.squared_errors, plan),
         "autocorr_max_abs_error": max_error,
         "autocorr_mean_abs_error": mean_error,
         # How far the max error would move on another test split of this size (paired bootstrap).

@@ -33,6 +33,7 @@ __all__ = [
     "power_spectrum",
     "power_spectrum_distance",
     "rmse_by_step",
+    "squared_errors_by_rollout",
     "structure_factor",
     "structure_factor_multiplicity",
     "structure_factor_peak",
@@ -327,7 +328,7 @@ def _check_state_shapes(pred: tuple[np.ndarray, ...], truth: tuple[np.ndarray, .
 
 
 def _rho_squared_errors(pred_rho: np.ndarray, truth_rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step sums of |delta rho|^2 over the diagonal and over the off-diagonal entries.
+    """Per-rollout, per-step sums of |delta rho|^2 over the diagonal and over the off-diagonal entries, ``[N, T]``.
 
     Works through the steps in chunks so that the complex128 difference never needs the memory of
     the whole rollout ensemble (256 x 1000 x 32 x 32 would be 4 GiB).
@@ -335,15 +336,15 @@ def _rho_squared_errors(pred_rho: np.ndarray, truth_rho: np.ndarray) -> tuple[np
     n_traj, n_steps, n_sites, _ = truth_rho.shape
     chunk = max(1, _RMSE_CHUNK_ENTRIES // (n_traj * n_sites * n_sites))
     sites = np.arange(n_sites)
-    diag = np.empty(n_steps)
-    offdiag = np.empty(n_steps)
+    diag = np.empty((n_traj, n_steps))
+    offdiag = np.empty((n_traj, n_steps))
     for start in range(0, n_steps, chunk):
         stop = min(start + chunk, n_steps)
         diff = pred_rho[:, start:stop].astype(np.complex128) - truth_rho[:, start:stop]
         squared = diff.real**2 + diff.imag**2
-        diag[start:stop] = np.sum(squared[..., sites, sites], axis=(0, 2))
+        diag[:, start:stop] = np.sum(squared[..., sites, sites], axis=2)
         squared[..., sites, sites] = 0.0
-        offdiag[start:stop] = np.sum(squared, axis=(0, 2, 3))
+        offdiag[:, start:stop] = np.sum(squared, axis=(2, 3))
     return diag, offdiag
 
 
@@ -355,6 +356,27 @@ def component_entries(n_trajectories: int, n_sites: int) -> dict[str, int]:
     """
     n, L = int(n_trajectories), int(n_sites)
     return {"rho_diag": n * L, "rho_offdiag": n * L * (L - 1), "Q": n * L, "P": n * L}
+
+
+def squared_errors_by_rollout(pred: tuple[Any, Any, Any], truth: tuple[Any, Any, Any]) -> dict[str, np.ndarray]:
+    """Sum of squared errors of each state component per rollout and step, ``[N, T]`` float64 each.
+
+    ``pred`` and ``truth`` are ``(rho [N,T,L,L] complex, Q [N,T,L], P [N,T,L])``; the components are
+    :func:`rmse_by_step`'s. Dividing a rollout's sum by its entries per state (``component_entries(1, L)``) gives
+    its mean square; summing over rollouts before dividing gives the pooled one. Kept per rollout so that a
+    comparison of two models on the same rollouts can be resampled (``results target``'s paired bootstrap).
+    """
+    pred_arrays = tuple(to_numpy(a) for a in pred)
+    truth_arrays = tuple(to_numpy(a) for a in truth)
+    if len(pred_arrays) != 3 or len(truth_arrays) != 3:
+        raise ValueError("pred and truth must each be a (rho, Q, P) triple")
+    _check_state_shapes(pred_arrays, truth_arrays)
+    diag_sq, offdiag_sq = _rho_squared_errors(pred_arrays[0], truth_arrays[0])
+    out = {"rho_diag": diag_sq, "rho_offdiag": offdiag_sq}
+    for name, a, b in zip(("Q", "P"), pred_arrays[1:], truth_arrays[1:], strict=True):
+        diff = a.astype(np.float64) - b.astype(np.float64)
+        out[name] = np.sum(diff * diff, axis=2)
+    return out
 
 
 def rmse_by_step(pred: tuple[Any, Any, Any], truth: tuple[Any, Any, Any]) -> dict[str, np.ndarray]:
@@ -369,22 +391,9 @@ def rmse_by_step(pred: tuple[Any, Any, Any], truth: tuple[Any, Any, Any]) -> dic
     pools every entry with i != j, by complex magnitude. This matches the loss components (docs/physics.md section 4),
     so RMSE at step k is comparable with the training losses.
     """
-    pred_arrays = tuple(to_numpy(a) for a in pred)
-    truth_arrays = tuple(to_numpy(a) for a in truth)
-    if len(pred_arrays) != 3 or len(truth_arrays) != 3:
-        raise ValueError("pred and truth must each be a (rho, Q, P) triple")
-    _check_state_shapes(pred_arrays, truth_arrays)
-    n_traj, _, n_sites = truth_arrays[1].shape
-    diag_sq, offdiag_sq = _rho_squared_errors(pred_arrays[0], truth_arrays[0])
-    entries = component_entries(n_traj, n_sites)
-    out = {
-        "rho_diag": np.sqrt(diag_sq / entries["rho_diag"]),
-        "rho_offdiag": np.sqrt(offdiag_sq / entries["rho_offdiag"]),
-    }
-    for name, a, b in zip(("Q", "P"), pred_arrays[1:], truth_arrays[1:], strict=True):
-        diff = a.astype(np.float64) - b.astype(np.float64)
-        out[name] = np.sqrt(np.mean(diff * diff, axis=(0, 2)))
-    return out
+    sums = squared_errors_by_rollout(pred, truth)
+    entries = component_entries(sums["Q"].shape[0], truth[1].shape[-1])
+    return {key: np.sqrt(np.sum(value, axis=0) / entries[key]) for key, value in sums.items()}
 
 
 # ----------------------------------------------------------------------------------------------

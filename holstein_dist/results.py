@@ -46,6 +46,7 @@ from typing import Any
 
 from holstein_dist.metrics import ORDER_KEYS, RMSE_COMPONENTS
 from holstein_dist.physics import ENERGY_SPLITS, STATE_KEYS
+from holstein_dist.sampling import rmse_ratio_interval
 from hpc.cli import ArgumentParser, report_error
 from hpc.files import atomic_write_text
 
@@ -493,14 +494,44 @@ def checks_met(checks: Sequence[tuple[str, float | None, float | None]]) -> int:
     return sum(check_met(value, ref) for _, value, ref in checks)
 
 
+def ratio_interval(report: Mapping[str, Any], reference: Mapping[str, Any], component: str,
+                   step: int) -> tuple[float, float, float] | None:
+    """The paired bootstrap interval of ``report``'s RMSE of ``component`` at ``step`` over ``reference``'s
+    (``sampling.rmse_ratio_interval``), from both reports' ``mse_by_rollout``; None where either report lacks the
+    step (reports before it existed) or the two were not made on the same rollouts."""
+    ours, theirs = report.get("mse_by_rollout"), reference.get("mse_by_rollout")
+    if not ours or not theirs or ours["rollouts"] != theirs["rollouts"] or step not in ours["steps"] \
+            or step not in theirs["steps"]:
+        return None
+
+    def values(section: Mapping[str, Any]) -> list[float]:
+        return [math.nan if v is None else v for v in section[component][section["steps"].index(step)]]
+
+    return rmse_ratio_interval(values(ours), values(theirs))
+
+
+def _interval_cell(interval: tuple[float, float, float] | None) -> str:
+    if interval is None or not math.isfinite(interval[0]):
+        return "— | —"
+    low, high, at_most_one = interval
+    return f"{low:.3f}-{high:.3f} | {at_most_one:.2f}"
+
+
 def target_table(report: Mapping[str, Any], reference: Mapping[str, Any], steps: Sequence[int] = TARGET_STEPS) -> str:
-    """Markdown table of :func:`target_checks` with each ratio, then one line that starts with "N/M checks met"."""
+    """Markdown table of :func:`target_checks` with each ratio, then one line that starts with "N/M checks met".
+
+    Beside each RMSE ratio: its 95 % interval over another test split of this size and the share of those splits on
+    which the check is met (:func:`ratio_interval`), so a check lost or won within the sampling noise reads as such.
+    The count of checks met is the measured one; the intervals do not change it."""
     checks = target_checks(report, reference, steps)
-    lines = ["| check | model | reference | model / reference | met |", "|---|---|---|---|---|"]
-    for label, value, ref in checks:
+    intervals = [ratio_interval(report, reference, comp, step) for step in steps for comp in RMSE_COMPONENTS]
+    intervals += [None] * (len(checks) - len(intervals))
+    lines = ["| check | model | reference | model / reference | met | ratio, 95 % interval over rollouts "
+             "| share of resamples met |", "|---|---|---|---|---|---|---|"]
+    for (label, value, ref), interval in zip(checks, intervals, strict=True):
         ratio = value / ref if value is not None and ref else None
         lines.append(f"| {label} | {_fmt(value)} | {_fmt(ref)} | {_fmt(ratio)} | "
-                     f"{'yes' if check_met(value, ref) else 'no'} |")
+                     f"{'yes' if check_met(value, ref) else 'no'} | {_interval_cell(interval)} |")
     lines.append(f"\n{checks_met(checks)}/{len(checks)} checks met (divergent fraction "
                  f"{report['divergent_fraction']:.3f}; reference "
                  f"{reference['divergent_fraction']:.3f})")

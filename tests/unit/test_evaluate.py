@@ -19,6 +19,7 @@ import torch
 
 from holstein_dist import evaluate, physics
 from holstein_dist.checkpoints import data_signature, load_model, model_payload
+from holstein_dist.metrics import RMSE_COMPONENTS
 from holstein_dist.model import SCALE_KEYS, ModelConfig, build_model
 from holstein_dist.report import VOLATILE_SECTIONS, numeric_differences
 from holstein_dist.shards import open_dataset
@@ -38,6 +39,7 @@ REQUIRED_KEYS = [
       for stat in ("std", "p05", "p95")),
     "divergent_fraction",
     "rmse_by_step.rho_diag", "rmse_by_step.rho_offdiag", "rmse_by_step.Q", "rmse_by_step.P",
+    "mse_by_rollout.steps", "mse_by_rollout.rollouts", *(f"mse_by_rollout.{comp}" for comp in RMSE_COMPONENTS),
     "wasserstein.charge", "wasserstein.lattice",
     "power_spectrum_distance.charge", "power_spectrum_distance.lattice",
     "energy_drift.model", "energy_drift.truth", "energy_drift.truth_integrator",
@@ -117,6 +119,11 @@ def test_reference_model_reproduces_truth_statistics(model_report: tuple[dict[st
         assert len(values) == N_STEPS + 1 and np.all(np.isfinite(values)), key
         assert values[0] == 0.0, key  # step 0 is the ground-truth input itself
         assert 0.0 < values[-1] < 0.02, key
+    # each rollout's mean square at step 1 (the only kept step this short), pooled, is the RMSE at step 1
+    per_rollout = report["mse_by_rollout"]
+    assert per_rollout["steps"] == [1] and len(per_rollout["rollouts"]) == N_TEST
+    for key in RMSE_COMPONENTS:
+        assert np.sqrt(np.mean(per_rollout[key][0])) == pytest.approx(report["rmse_by_step"][key][1], rel=1e-12)
     # The shallow quench has no domains, and the original model keeps the lattice moving like the truth.
     motion = report["lattice_motion"]
     assert motion["windows"][0] == [1, min(100, N_STEPS)]

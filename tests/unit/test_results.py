@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -401,8 +402,9 @@ def test_target_counts_the_checks_a_model_meets_against_a_reference(tmp_path, ca
     better, worse = write("better", 0.5e-3, 0.03), write("worse", 2e-3, 0.02)
     assert results.main(["target", better, "--reference", reference]) == 0
     table = capsys.readouterr().out
-    assert "| RMSE P @ step 1200 | 2.00e-03 | 4.00e-03 | 0.500 | yes |" in table
-    assert "| autocorr max abs error, charge | 0.030 | 0.020 | 1.500 | no |" in table
+    # reports without each rollout's errors (made before mse_by_rollout existed) get no interval
+    assert "| RMSE P @ step 1200 | 2.00e-03 | 4.00e-03 | 0.500 | yes | — | — |" in table
+    assert "| autocorr max abs error, charge | 0.030 | 0.020 | 1.500 | no | — | — |" in table
     assert table.splitlines()[-1].startswith("13/14 checks met")  # ties (the lattice autocorrelation) count as met
     assert results.main(["target", worse, "--reference", reference, "--steps", "100"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("2/6 checks met")
@@ -427,3 +429,40 @@ def test_reports_on_two_generations_of_one_split_compare_by_its_values():
     results.check_same_test_set([report("f1", None), report("f1", "v")], names)  # older report: the files decide
     with pytest.raises(ValueError, match="other test set"):
         results.check_same_test_set([report("f1", None), report("f2", "v")], names)
+
+
+def test_target_gives_each_rmse_ratio_a_paired_bootstrap_interval_over_the_rollouts(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    difficulty = rng.lognormal(0.0, 1.0, 64)  # some rollouts are much harder than others, for both models
+
+    def write(name: str, mse: np.ndarray, rollouts: list[int]) -> str:
+        report = {"mode": "model", "divergent_fraction": 0.0, "data": {"split_sha256": "abc", "rollouts": 64},
+                  "settings": {"steps": 1200},
+                  "rmse_by_step": {comp: [float(np.sqrt(mse.mean()))] * 1201 for comp in results.RMSE_COMPONENTS},
+                  "mse_by_rollout": {"steps": [1, 100, 600, 1200], "rollouts": rollouts,
+                                     **{comp: [mse.tolist()] * 4 for comp in results.RMSE_COMPONENTS}},
+                  "autocorr_max_abs_error": {"charge": 0.02, "lattice": 0.01}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+        return str(tmp_path / name)
+
+    def row(out: str, check: str) -> list[str]:
+        line = next(line for line in out.splitlines() if line.startswith(f"| {check} |"))
+        return [cell.strip() for cell in line.strip("|").split("|")]
+
+    rollouts = list(range(64))
+    reference = write("reference", difficulty * 1e-6, rollouts)
+    # 1.1x the reference's RMSE on every rollout: lost on every resample (the pairing cancels the rollouts' spread)
+    uniform = write("uniform", difficulty * 1.21e-6, rollouts)
+    assert results.main(["target", uniform, "--reference", reference]) == 0
+    assert row(capsys.readouterr().out, "RMSE Q @ step 600")[3:] == ["1.100", "no", "1.100-1.100", "0.00"]
+    # the same errors shuffled over the rollouts: a ratio of 1 whose interval is wide and straddles it
+    shuffled = write("shuffled", rng.permutation(difficulty) * 1e-6, rollouts)
+    assert results.main(["target", shuffled, "--reference", reference]) == 0
+    cells = row(capsys.readouterr().out, "RMSE Q @ step 600")
+    low, high = (float(x) for x in cells[5].split("-"))
+    assert cells[3:5] == ["1.000", "yes"] and low < 0.9 and high > 1.1 and 0.2 < float(cells[6]) < 0.8
+    # on other rollouts (another --rollouts selection) there is nothing to pair: no interval
+    other = write("other", difficulty * 1e-6, list(range(1, 65)))
+    assert results.main(["target", other, "--reference", reference]) == 0
+    assert row(capsys.readouterr().out, "RMSE Q @ step 600")[5:] == ["—", "—"]

@@ -76,3 +76,32 @@ def test_bootstrap_leaves_diverged_rollouts_to_the_truth_and_checks_its_inputs()
         sampling.autocorrelation_error_bootstrap(model, truth, MAX_LAG, kept)
     with pytest.raises(ValueError, match="one flag per truth trajectory"):
         sampling.autocorrelation_error_bootstrap(model, truth, MAX_LAG, kept[:5])
+
+
+def _paired_errors(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-rollout mean squares of two models that share each rollout's difficulty; the model's RMSE is ~1.05x."""
+    difficulty = rng.lognormal(0.0, 0.8, n)
+    return difficulty * rng.lognormal(0.1, 0.3, n), difficulty * rng.lognormal(0.0, 0.3, n)
+
+
+def test_rmse_ratio_interval_is_about_as_wide_as_the_ratio_moves_over_independent_test_sets():
+    rng = np.random.default_rng(5)
+    ratios = [np.sqrt(a.mean() / b.mean()) for a, b in (_paired_errors(rng, 64) for _ in range(2000))]
+    spread = np.quantile(ratios, 0.975) - np.quantile(ratios, 0.025)
+    widths = []
+    for _ in range(20):
+        a, b = _paired_errors(rng, 64)
+        low, high, met = sampling.rmse_ratio_interval(a, b)
+        assert low < np.sqrt(a.mean() / b.mean()) < high and 0.0 <= met <= 1.0
+        widths.append(high - low)
+    assert 0.7 * spread < np.median(widths) < 1.3 * spread
+    # the model at least as accurate on every resample: the share is 1
+    assert sampling.rmse_ratio_interval(b * 0.5, b)[2] == 1.0
+
+
+def test_rmse_ratio_interval_checks_its_inputs_and_leaves_non_finite_errors_undecided():
+    a, b = _paired_errors(np.random.default_rng(0), 8)
+    a[3] = np.nan
+    assert all(np.isnan(sampling.rmse_ratio_interval(a, b)))
+    with pytest.raises(ValueError, match="one mean squared error per rollout"):
+        sampling.rmse_ratio_interval(a[:4], b)
