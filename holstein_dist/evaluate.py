@@ -607,7 +607,8 @@ def mse_by_rollout(squared_errors: Mapping[str, np.ndarray], plan: Plan) -> dict
     ``MSE_BY_ROLLOUT_EVERY`` steps: ``{"steps", "rollouts" (split-local indices, report order), component:
     [step][rollout]}``. Two reports on the same rollouts can then be compared with a paired bootstrap (``results
     target``): how far the RMSE ratio at a step would move on another test split of this size."""
-    steps = sorted({1, *range(MSE_BY_ROLLOUT_EVERY, plan.steps + 1, MSE_BY_ROLLOUT_EVERY)} & set(range(plan.steps + 1)))
+    steps = [step for step in (1, *range(MSE_BY_ROLLOUT_EVERY, plan.steps + 1, MSE_BY_ROLLOUT_EVERY))
+             if step <= plan.steps]
     per_state = component_entries(1, plan.L)
     return {"steps": steps, "rollouts": list(plan.indices),
             **{k: (squared_errors[k][:, steps] / per_state[k]).T for k in RMSE_COMPONENTS}}

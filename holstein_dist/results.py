@@ -467,16 +467,20 @@ TARGET_STEPS = (100, 600, 1200)
 component's RMSE."""
 
 
+def rmse_check_points(steps: Sequence[int] = TARGET_STEPS) -> list[tuple[int, str]]:
+    """(step, component) of each RMSE check of :func:`target_checks`, in its order (they come first)."""
+    return [(step, comp) for step in steps for comp in RMSE_COMPONENTS]
+
+
 def target_checks(report: Mapping[str, Any], reference: Mapping[str, Any],
                   steps: Sequence[int] = TARGET_STEPS) -> list[tuple[str, float | None, float | None]]:
     """(label, report's value, reference's value) for each check of "at least as accurate as the reference": the RMSE
     of every component at each of ``steps``, then the max autocorrelation error of each order parameter. A value is
     None where the report stops before the step (or has no autocorrelation)."""
     checks: list[tuple[str, float | None, float | None]] = []
-    for step in steps:
-        for comp in RMSE_COMPONENTS:
-            checks.append((f"RMSE {comp} @ step {step}", step_value(report["rmse_by_step"][comp], step),
-                           step_value(reference["rmse_by_step"][comp], step)))
+    for step, comp in rmse_check_points(steps):
+        checks.append((f"RMSE {comp} @ step {step}", step_value(report["rmse_by_step"][comp], step),
+                       step_value(reference["rmse_by_step"][comp], step)))
     for order in ORDER_KEYS:
         checks.append((f"autocorr max abs error, {order}", report["autocorr_max_abs_error"][order],
                        reference["autocorr_max_abs_error"][order]))
@@ -524,7 +528,7 @@ def target_table(report: Mapping[str, Any], reference: Mapping[str, Any], steps:
     which the check is met (:func:`ratio_interval`), so a check lost or won within the sampling noise reads as such.
     The count of checks met is the measured one; the intervals do not change it."""
     checks = target_checks(report, reference, steps)
-    intervals = [ratio_interval(report, reference, comp, step) for step in steps for comp in RMSE_COMPONENTS]
+    intervals = [ratio_interval(report, reference, comp, step) for step, comp in rmse_check_points(steps)]
     intervals += [None] * (len(checks) - len(intervals))
     lines = ["| check | model | reference | model / reference | met | ratio, 95 % interval over rollouts "
              "| share of resamples met |", "|---|---|---|---|---|---|---|"]
