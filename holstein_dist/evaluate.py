@@ -873,8 +873,20 @@ def coherent_lines(report: Mapping[str, Any]) -> list[str]:
         lines.append(f"  mean oscillation ({key}): lag {first['lag_steps']:+.3f} -> {last['lag_steps']:+.3f} steps, "
                      f"amplitude error {first['amplitude_error']:+.2%} -> {last['amplitude_error']:+.2%} "
                      f"(steps {first['start']}-{first['stop']} -> {last['start']}-{last['stop']}); shared by "
-                     f"every rollout: {share:.0%} of the error")
+                     f"every rollout: {share:.0%} of the error" + fast_oscillation_text(rows))
     return lines
+
+
+def fast_oscillation_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """'; fast oscillation ...': the median over windows of the truth mean's and the model mean's RMS above the
+    fast cut (``metrics.coherent_error``), or nothing for a report made before those fields."""
+    kept = [r for r in rows if r.get("truth_fast") is not None]
+    if not kept:
+        return ""
+    truth, model = (float(np.median([r[f"{side}_fast"] for r in kept])) for side in ("truth", "model"))
+    residual = float(np.median([r["residual"] for r in kept if r["residual"] is not None] or [np.nan]))
+    return (f"; fast oscillation (> {kept[0]['fast_cut']:.3f} cycles/step) RMS truth {truth:.2g}, model "
+            f"{model:.2g}, fit residual {residual:.2g}")
 
 
 def lattice_motion_lines(report: Mapping[str, Any]) -> list[str]:

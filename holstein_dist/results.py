@@ -142,8 +142,9 @@ def sampling_rows(reports: Sequence[Mapping[str, Any]], order: str) -> list[tupl
 
 
 def coherent_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int]) -> list[tuple[str, list[Any]]]:
-    """|lag| and |amplitude error| of the rollouts' mean oscillation in the report window holding each step
-    (``metrics.coherent_error``; signs are in report.json); None for a report without the section."""
+    """|lag|, |amplitude error| and the fit's residual of the rollouts' mean oscillation in the report window holding
+    each step (``metrics.coherent_error``; signs are in report.json; the residual is the error no lag or amplitude
+    explains, e.g. a fast oscillation the model drops); None for a report without the section."""
     rows: list[tuple[str, list[Any]]] = []
     for order in ORDER_KEYS:
         spans: list[str] = []
@@ -154,9 +155,10 @@ def coherent_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int]) ->
             if span is None or span in spans:  # steps 1 and 100 share the first window: one pair of rows
                 continue
             spans.append(span)
-            for field, label in (("lag_steps", "|lag| (steps)"), ("amplitude_error", "|amplitude error|")):
+            for field, label in (("lag_steps", "|lag| (steps)"), ("amplitude_error", "|amplitude error|"),
+                                 ("residual", "error the slow fit leaves (RMS)")):
                 rows.append((f"mean {order} oscillation {label}, {span}",
-                             [None if w is None or w[field] is None else abs(w[field]) for w in windows]))
+                             [None if w is None or w.get(field) is None else abs(w[field]) for w in windows]))
     return rows
 
 

@@ -112,6 +112,11 @@ def test_reference_model_reproduces_truth_statistics(model_report: tuple[dict[st
         # The shallow quench's rollouts share one oscillation, which the original model follows closely.
         window = report["coherent"][key][0]
         assert window["start"] == 1 and window["coherence"] > 0.9 and abs(window["lag_steps"]) < 0.5
+    # What its slow fit leaves on the charge order is the electronic line the original model drops.
+    window = report["coherent"]["charge"][0]
+    assert window["model_fast"] < 0.5 * window["truth_fast"]
+    assert window["residual"] == pytest.approx(window["truth_fast"], rel=0.2)
+    assert "fast oscillation (> " in "\n".join(evaluate.summary_lines(report))
     assert any(line.startswith("  autocorr max error, sampling: bootstrap 5-95 % charge ") and
                line.endswith(f"with {N_TEST} rollouts") for line in evaluate.summary_lines(report))
     for key, values in report["rmse_by_step"].items():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from holstein_dist import metrics
-from holstein_dist.metrics import coherent_error, window_means, window_spans
+from holstein_dist.metrics import coherent_error, fast_cut, fast_part, window_means, window_spans
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -439,6 +439,35 @@ def test_coherent_error_recovers_a_lag_a_growing_lag_and_an_amplitude_error():
     assert lags[0] < lags[1] < lags[2] and lags[2] - lags[0] == pytest.approx(0.2, rel=0.1)
     bigger = coherent_error(truth, _quench_ensemble(16, 300, scale=1.02), window=100)
     assert all(r["amplitude_error"] == pytest.approx(0.02, rel=0.05) and abs(r["lag_steps"]) < 1e-3 for r in bigger)
+
+
+def test_coherent_error_measures_a_fast_oscillation_the_model_drops():
+    # The shallow quench's charge order: a slow swing (period 48 steps) plus a small electronic line at 1/6
+    # cycle per step. A model with the swing right and no line leaves the line as the slow fit's residual.
+    t = np.arange(601)
+    line = 0.004 * np.sin(2 * np.pi * t / 6 + 0.3)
+    truth = _quench_ensemble(16, 600) + line
+    rows = coherent_error(truth, _quench_ensemble(16, 600), window=100)
+    for row in rows:
+        assert row["fast_cut"] == pytest.approx(4 / 48, rel=0.05)
+        assert row["truth_fast"] == pytest.approx(0.004 / np.sqrt(2), rel=0.05)
+        assert row["model_fast"] < 0.1 * row["truth_fast"]
+        assert row["residual"] == pytest.approx(row["truth_fast"], rel=0.05)
+        assert abs(row["lag_steps"]) < 0.01  # the line does not pass for a lag
+    same = coherent_error(truth, truth + 1e-6, window=100)
+    assert all(r["model_fast"] == pytest.approx(r["truth_fast"], rel=1e-3) for r in same)
+    # The even extension leaves no jump where the FFT wraps: a slow swing has almost no fast part, at the ends
+    # (where the plain periodic FFT leaks ~40 % of its range) as in the middle.
+    slow = _quench_ensemble(1, 600)[0, 1:]
+    leak = np.abs(fast_part(slow, fast_cut(slow)))
+    assert leak.max() < 0.01 * np.ptp(slow) and leak[50:-50].max() < 1e-3 * np.ptp(slow)
+
+
+def test_fast_cut_needs_an_oscillating_series_of_some_length():
+    assert fast_cut(np.ones(100)) is None
+    assert fast_cut(np.sin(np.arange(8.0))) is None
+    rows = coherent_error(np.ones((4, 50)), np.ones((4, 50)), window=10)
+    assert all(r["fast_cut"] is None and r["truth_fast"] is None and r["model_fast"] is None for r in rows)
 
 
 def test_coherent_error_declines_to_fit_decorrelated_rollouts():

@@ -80,7 +80,7 @@ def test_swing_rows_give_each_thirds_trough_lag_off_the_truths_and_tolerate_olde
 
 def test_coherent_rows_take_the_window_holding_each_step_and_tolerate_older_reports():
     def report(lag: float | None) -> dict:
-        windows = [{"start": 1, "stop": 100, "lag_steps": lag, "amplitude_error": -0.01},
+        windows = [{"start": 1, "stop": 100, "lag_steps": lag, "amplitude_error": -0.01, "residual": 3e-3},
                    {"start": 101, "stop": 200, "lag_steps": None if lag is None else 2 * lag, "amplitude_error": None}]
         return {"coherent": {"charge": windows, "lattice": windows}}
 
@@ -90,8 +90,10 @@ def test_coherent_rows_take_the_window_holding_each_step_and_tolerate_older_repo
     assert rows["mean lattice oscillation |lag| (steps), steps 1-100"] == [0.1, 0.05, None]
     assert rows["mean charge oscillation |lag| (steps), steps 101-200"] == [0.2, 0.1, None]
     assert rows["mean charge oscillation |amplitude error|, steps 101-200"] == [None, None, None]
+    assert rows["mean charge oscillation error the slow fit leaves (RMS), steps 1-100"] == [3e-3, 3e-3, None]
+    assert rows["mean charge oscillation error the slow fit leaves (RMS), steps 101-200"] == [None, None, None]
     assert not any("999" in label for label in rows)  # a step past every window adds no row
-    assert len(rows) == 2 * 2 * 2
+    assert len(rows) == 2 * 2 * 3
 
 
 def test_lattice_motion_rows_measure_the_distance_to_the_truth_and_tolerate_older_reports():

@@ -1,0 +1,130 @@
+"""What decides a single-snapshot RMSE check on the shallow quench: each model's error split by mode and by rollout.
+
+Rolls every model out from the first state of each validation trajectory (as `evaluate` does) and, for the density
+(rho_diag), Q and P:
+  * the share of the per-step MSE that is the q = pi (staggered) error shared by every rollout, D(t): the error of the
+    rollouts' mean order parameter;
+  * how alike the models' D(t) are (their correlation over steps 1..T with the first model's);
+  * at each checked step: every model's RMSE and D, and how much of the difference between the last model's D and the
+    first's a slow error explains (a lag, an amplitude error and an offset of the rollouts' mean oscillation, fitted
+    over the 101 steps around the check, as `metrics.coherent_error` fits one model).
+Markdown on stdout (and in --markdown), the numbers as JSON in --json.
+
+  python experiments/shallow_L16/snapshot_anatomy/anatomy.py --data DIR --json OUT NAME=MODEL...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from holstein_dist.checkpoints import load_model
+from holstein_dist.physics import STATE_KEYS
+from holstein_dist.shards import open_dataset
+
+COMPONENTS = ("rho_diag", "Q", "P")
+CHECK_STEPS = (100, 600, 1200)
+HALF_WINDOW = 50
+
+
+def fields(rho: np.ndarray, Q: np.ndarray, P: np.ndarray) -> dict[str, np.ndarray]:
+    """The site fields [n, T+1, L] the checks are about, in float64."""
+    density = np.diagonal(rho, axis1=-2, axis2=-1).real
+    return {"rho_diag": density.astype(np.float64), "Q": Q.astype(np.float64), "P": P.astype(np.float64)}
+
+
+def staggered_mean(x: np.ndarray) -> np.ndarray:
+    """The rollouts' mean of the staggered (q = pi) average of a field [n, T+1, L]: [T+1]."""
+    sign = (-1.0) ** np.arange(x.shape[-1])
+    return (x * sign).mean(axis=(0, 2))
+
+
+def slow_fit(mean_truth: np.ndarray, difference: np.ndarray, step: int) -> dict[str, float]:
+    """Least-squares fit of ``difference`` by offset + amplitude x (m - mean m) - lag x dm/dt over the steps around
+    ``step`` (m: the truth's staggered mean); the fitted value at ``step`` and the fit's R^2."""
+    lo, hi = max(1, step - HALF_WINDOW), min(mean_truth.size, step + HALF_WINDOW + 1)
+    m, d = mean_truth[lo:hi], difference[lo:hi]
+    basis = np.stack([np.ones_like(m), m - m.mean(), -np.gradient(mean_truth)[lo:hi]], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, d, rcond=None)
+    fitted = basis @ coef
+    r2 = 1 - np.sum((d - fitted) ** 2) / np.sum((d - d.mean()) ** 2)
+    return {"fitted_at_step": float(fitted[step - lo]), "r2": float(r2), "offset": float(coef[0]),
+            "amplitude": float(coef[1]), "lag_steps": float(coef[2])}
+
+
+def analyse(truth: dict[str, np.ndarray], errors: dict[str, dict[str, np.ndarray]]) -> dict[str, dict]:
+    names = list(errors)
+    first, last = names[0], names[-1]
+    out: dict[str, dict] = {}
+    for comp in COMPONENTS:
+        mean_truth = staggered_mean(truth[comp])
+        shared = {n: staggered_mean(e[comp]) for n, e in errors.items()}
+        mse = {n: np.mean(e[comp] ** 2, axis=(0, 2)) for n, e in errors.items()}
+        out[comp] = {
+            "coherent_q_pi_share": {n: float(np.median(shared[n][1:] ** 2 / mse[n][1:])) for n in names},
+            "correlation_with_first": {n: float(np.corrcoef(shared[n][1:], shared[first][1:])[0, 1]) for n in names},
+            "checks": {
+                str(step): {
+                    "rmse": {n: float(np.sqrt(mse[n][step])) for n in names},
+                    "shared_error": {n: float(shared[n][step]) for n in names},
+                    "difference_last_minus_first": float(shared[last][step] - shared[first][step]),
+                    "slow_part_of_difference": slow_fit(mean_truth, shared[last] - shared[first], step),
+                } for step in CHECK_STEPS if step < mean_truth.size
+            },
+        }
+    return out
+
+
+def markdown(result: dict[str, dict], names: list[str]) -> str:
+    first, last = names[0], names[-1]
+    lines = [f"| component | share of MSE in the shared q = pi error ({', '.join(names)}) | correlation of that error "
+             f"with {first}'s |", "|---|---|---|"]
+    for comp, r in result.items():
+        lines.append(f"| {comp} | {' / '.join(f'{v:.2f}' for v in r['coherent_q_pi_share'].values())} | "
+                     f"{' / '.join(f'{v:.3f}' for v in r['correlation_with_first'].values())} |")
+    lines += ["", f"| check | RMSE {' / '.join(names)} | shared error D {' / '.join(names)} | D({last}) - D({first}) "
+              f"| its slow part (R^2; lag, amplitude, offset of the difference) |", "|---|---|---|---|---|"]
+    for comp, r in result.items():
+        for step, c in r["checks"].items():
+            s = c["slow_part_of_difference"]
+            lines.append(f"| {comp} @ {step} | {' / '.join(f'{v:.2e}' for v in c['rmse'].values())} | "
+                         f"{' / '.join(f'{v:+.2e}' for v in c['shared_error'].values())} | "
+                         f"{c['difference_last_minus_first']:+.2e} | {s['fitted_at_step']:+.2e} ({s['r2']:.2f}; "
+                         f"{s['lag_steps']:+.3f} steps, {s['amplitude']:+.4f}, {s['offset']:+.1e}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument("models", nargs="+", help="NAME=MODEL; differences are the last against the first")
+    args = parser.parse_args()
+    split = open_dataset(args.data).split(args.split)
+    data = split.read_many(list(range(len(split))), 0, args.steps + 1, STATE_KEYS)
+    truth = fields(*(data[k] for k in STATE_KEYS))
+    errors = {}
+    for spec in args.models:
+        name, path = spec.split("=", 1)
+        model = load_model(Path(path), device=torch.device("cpu"))
+        with torch.no_grad():
+            pred = model.rollout(*(torch.from_numpy(np.ascontiguousarray(data[k][:, 0])) for k in STATE_KEYS),
+                                 args.steps)
+        predicted = fields(*(x.numpy() for x in pred))
+        errors[name] = {comp: predicted[comp] - truth[comp] for comp in COMPONENTS}
+    result = analyse(truth, errors)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    text = markdown(result, list(errors))
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
