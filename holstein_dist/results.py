@@ -152,7 +152,7 @@ def coherent_rows(reports: Sequence[Mapping[str, Any]], steps: Sequence[int]) ->
             windows = [next((w for w in (r.get("coherent") or {}).get(order, []) if w["start"] <= step <= w["stop"]),
                             None) for r in reports]
             span = next((f"steps {w['start']}-{w['stop']}" for w in windows if w is not None), None)
-            if span is None or span in spans:  # steps 1 and 100 share the first window: one pair of rows
+            if span is None or span in spans:  # steps 1 and 100 share the first window: its rows once
                 continue
             spans.append(span)
             for field, label in (("lag_steps", "|lag| (steps)"), ("amplitude_error", "|amplitude error|"),

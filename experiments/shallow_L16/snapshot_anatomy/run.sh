@@ -7,8 +7,9 @@
 #   2. round 8 with its increments scaled by 0.9998 / 0.9999 / 1.0001 / 1.0002 (a phase shift of ~0.1 step by step
 #      1200): which checks each meets against the original;
 #   3. round 8 trained further without the input noise that hides the fast line (single-step at noise 0 and 5e-3,
-#      then n_step 8 at 5e-3): is the line learnable one step ahead, and does a rollout keep it?
-#   bash experiments/shallow_L16/snapshot_anatomy/run.sh   (~10 min on 2 CPU cores with the shallow set generated;
+#      then n_step 8 at 5e-3 from the latter and n_step 32 at 0 from the former): is the line learnable one step
+#      ahead, and does a rollout keep it?
+#   bash experiments/shallow_L16/snapshot_anatomy/run.sh   (~17 min on 2 CPU cores with the shallow set generated;
 #   SHALLOW_DATA=DIR for that set, default ../work/data, generated when missing)
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
@@ -54,15 +55,18 @@ cat "$HERE/phase_trade.md"
 
 # 3. without the input noise
 shallow_generate
-for spec in n1_noise0:"$ROUND8" n1_noise5e-3:"$ROUND8" n8_noise5e-3:"$WORK/n1_noise5e-3.pt"; do
+for spec in n1_noise0:"$ROUND8" n1_noise5e-3:"$ROUND8" n8_noise5e-3:"$WORK/n1_noise5e-3.pt" \
+            n32_noise0:"$WORK/n1_noise0.pt"; do
   name=${spec%%:*}
   stage "train_$name" "${TRAIN[@]}" --config "$HERE/train_$name.yaml" data="$SHALLOW_DATA" run_dir="$WORK/run_$name" \
     init_from="${spec#*:}"
   cp "$(ls "$WORK/run_$name/checkpoints"/step-*.pt | sort | tail -1)" "$WORK/$name.pt"
   shallow_val32 "$name:$WORK/$name.pt"
 done
-"$PY" -m holstein_dist.results table "$WORK"/val32_{round8,n1_noise0,n1_noise5e-3,n8_noise5e-3,original}/report.json \
-  --names "round 8" "+ single-step, noise 0" "+ single-step, noise 5e-3" "+ that, n_step 8 at 5e-3" original \
+"$PY" -m holstein_dist.results table \
+  "$WORK"/val32_{round8,n1_noise0,n1_noise5e-3,n8_noise5e-3,n32_noise0,original}/report.json \
+  --names "round 8" "+ single-step, noise 0" "+ single-step, noise 5e-3" "+ that, n_step 8 at 5e-3" \
+  "noise-0 single-step + n_step 32 at 0" original \
   --steps 1 100 600 1200 --window 100 > "$HERE/without_noise.md"
 cat "$HERE/without_noise.md"
 write_times "$HERE/wall_times.json"
