@@ -7,7 +7,10 @@ Rolls every model out from the first state of each validation trajectory (as `ev
   * how alike the models' D(t) are (their correlation over steps 1..T with the first model's);
   * at each checked step: every model's RMSE and D, and how much of the difference between the last model's D and the
     first's a slow error explains (a lag, an amplitude error and an offset of the rollouts' mean oscillation, fitted
-    over the 101 steps around the check, as `metrics.coherent_error` fits one model).
+    over the 101 steps around the check, as `metrics.coherent_error` fits one model);
+  * the charge order's autocorrelation error (lags 0..200, as `evaluate` computes it) against the truth and against
+    the truth without its fast part (`metrics.fast_part` above `metrics.fast_cut` of the truth mean): how much of
+    that check is the fast line.
 Markdown on stdout (and in --markdown), the numbers as JSON in --json.
 
   python experiments/shallow_L16/snapshot_anatomy/anatomy.py --data DIR --json OUT NAME=MODEL...
@@ -22,12 +25,14 @@ import numpy as np
 import torch
 
 from holstein_dist.checkpoints import load_model
+from holstein_dist.metrics import autocorrelation, fast_cut, fast_part
 from holstein_dist.physics import STATE_KEYS
 from holstein_dist.shards import open_dataset
 
 COMPONENTS = ("rho_diag", "Q", "P")
 CHECK_STEPS = (100, 600, 1200)
 HALF_WINDOW = 50
+MAX_LAG = 200
 
 
 def fields(rho: np.ndarray, Q: np.ndarray, P: np.ndarray) -> dict[str, np.ndarray]:
@@ -53,6 +58,23 @@ def slow_fit(mean_truth: np.ndarray, difference: np.ndarray, step: int) -> dict[
     r2 = 1 - np.sum((d - fitted) ** 2) / np.sum((d - d.mean()) ** 2)
     return {"fitted_at_step": float(fitted[step - lo]), "r2": float(r2), "offset": float(coef[0]),
             "amplitude": float(coef[1]), "lag_steps": float(coef[2])}
+
+
+def charge_autocorrelation(truth: np.ndarray, errors: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Max |C_model - C| over lags 0..MAX_LAG of each rollout's charge order (the staggered density), with C the
+    truth's autocorrelation and the same truth without its fast part (each rollout's part above the truth mean's
+    fast cut removed, step 0 kept)."""
+    sign = (-1.0) ** np.arange(truth.shape[-1])
+    charge = (truth * sign).mean(-1)
+    cut = fast_cut(charge.mean(0)[1:])
+    slow = np.array([np.r_[x[0], x[1:] - fast_part(x[1:], cut)] for x in charge])
+    reference = {"truth": np.asarray(autocorrelation(charge, max_lag=MAX_LAG)),
+                 "truth without its fast part": np.asarray(autocorrelation(slow, max_lag=MAX_LAG))}
+    out = {"truth": {key: float(np.max(np.abs(c - reference["truth"]))) for key, c in reference.items()}}
+    for name, e in errors.items():
+        c = np.asarray(autocorrelation(((truth + e) * sign).mean(-1), max_lag=MAX_LAG))
+        out[name] = {key: float(np.max(np.abs(c - ref))) for key, ref in reference.items()}
+    return out
 
 
 def analyse(truth: dict[str, np.ndarray], errors: dict[str, dict[str, np.ndarray]]) -> dict[str, dict]:
@@ -82,18 +104,23 @@ def markdown(result: dict[str, dict], names: list[str]) -> str:
     first, last = names[0], names[-1]
     lines = [f"| component | share of MSE in the shared q = pi error ({', '.join(names)}) | correlation of that error "
              f"with {first}'s |", "|---|---|---|"]
-    for comp, r in result.items():
+    components = {comp: r for comp, r in result.items() if comp in COMPONENTS}
+    for comp, r in components.items():
         lines.append(f"| {comp} | {' / '.join(f'{v:.2f}' for v in r['coherent_q_pi_share'].values())} | "
                      f"{' / '.join(f'{v:.3f}' for v in r['correlation_with_first'].values())} |")
     lines += ["", f"| check | RMSE {' / '.join(names)} | shared error D {' / '.join(names)} | D({last}) - D({first}) "
               f"| its slow part (R^2; lag, amplitude, offset of the difference) |", "|---|---|---|---|---|"]
-    for comp, r in result.items():
+    for comp, r in components.items():
         for step, c in r["checks"].items():
             s = c["slow_part_of_difference"]
             lines.append(f"| {comp} @ {step} | {' / '.join(f'{v:.2e}' for v in c['rmse'].values())} | "
                          f"{' / '.join(f'{v:+.2e}' for v in c['shared_error'].values())} | "
                          f"{c['difference_last_minus_first']:+.2e} | {s['fitted_at_step']:+.2e} ({s['r2']:.2f}; "
                          f"{s['lag_steps']:+.3f} steps, {s['amplitude']:+.4f}, {s['offset']:+.1e}) |")
+    lines += ["", f"| charge autocorrelation, max abs error over lags 0..{MAX_LAG} | against the truth | against the "
+              "truth without its fast part |", "|---|---|---|"]
+    for name, r in result["charge_autocorrelation_max_abs_error"].items():
+        lines.append(f"| {name} | {r['truth']:.4f} | {r['truth without its fast part']:.4f} |")
     return "\n".join(lines)
 
 
@@ -119,6 +146,8 @@ def main() -> None:
         predicted = fields(*(x.numpy() for x in pred))
         errors[name] = {comp: predicted[comp] - truth[comp] for comp in COMPONENTS}
     result = analyse(truth, errors)
+    result["charge_autocorrelation_max_abs_error"] = charge_autocorrelation(
+        truth["rho_diag"], {name: e["rho_diag"] for name, e in errors.items()})
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result, list(errors))
     if args.markdown:
