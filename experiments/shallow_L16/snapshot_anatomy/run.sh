@@ -9,7 +9,8 @@
 #   3. round 8 trained further without the input noise that hides the fast line (single-step at noise 0 and 5e-3,
 #      then n_step 8 at 5e-3 from the latter and n_step 32 at 0 from the former): is the line learnable one step
 #      ahead, and does a rollout keep it?
-#   bash experiments/shallow_L16/snapshot_anatomy/run.sh   (~17 min on 2 CPU cores with the shallow set generated;
+#   4. the fast line in each of these models and in the small PARC of ../parc_vs_cnn (fast_line.md).
+#   bash experiments/shallow_L16/snapshot_anatomy/run.sh   (~18 min on 2 CPU cores with the shallow set generated;
 #   SHALLOW_DATA=DIR for that set, default ../work/data, generated when missing)
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../lib.sh"
@@ -69,4 +70,17 @@ done
   "noise-0 single-step + n_step 32 at 0" original \
   --steps 1 100 600 1200 --window 100 > "$HERE/without_noise.md"
 cat "$HERE/without_noise.md"
+
+# 4. the fast line in every model here, and in the small PARC and the tiny CNN of ../parc_vs_cnn (6,000 single-step
+#    steps at noise 2e-2, rate-calibrated): another architecture with the same noise
+shallow_val32 parc:"$ROOT/experiments/shallow_L16/parc_vs_cnn/model_parc_calibrated.pt" \
+  cnn:"$ROOT/experiments/shallow_L16/parc_vs_cnn/model_cnn_calibrated.pt"
+"$PY" "$HERE/fast_line.py" "original=$WORK/val32_original/report.json" "round 8=$WORK/val32_round8/report.json" \
+  "2x budget=$WORK/val32_double/report.json" "small PARC (parc_vs_cnn)=$WORK/val32_parc/report.json" \
+  "tiny CNN (parc_vs_cnn)=$WORK/val32_cnn/report.json" \
+  "round 8 + single-step, noise 0=$WORK/val32_n1_noise0/report.json" \
+  "round 8 + single-step, noise 5e-3=$WORK/val32_n1_noise5e-3/report.json" \
+  "+ that, n_step 8 at 5e-3=$WORK/val32_n8_noise5e-3/report.json" \
+  "noise-0 single-step + n_step 32 at 0=$WORK/val32_n32_noise0/report.json" > "$HERE/fast_line.md"
+cat "$HERE/fast_line.md"
 write_times "$HERE/wall_times.json"
