@@ -877,16 +877,24 @@ def coherent_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def fast_oscillation_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """'; fast oscillation ...': the median over windows of the truth mean's and the model mean's RMS above the
-    fast cut (``metrics.coherent_error``), or nothing for a report made before those fields."""
+def fast_oscillation_medians(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """Of one order parameter's ``coherent`` windows (``metrics.coherent_error``): the fast cut and the medians over
+    windows of ``truth_fast``, ``model_fast`` and ``residual``; None for a report made before those fields."""
     kept = [r for r in rows if r.get("truth_fast") is not None]
     if not kept:
+        return None
+    medians = {key: float(np.median([r[key] for r in kept if r[key] is not None] or [np.nan]))
+               for key in ("truth_fast", "model_fast", "residual")}
+    return {"fast_cut": kept[0]["fast_cut"], **medians}
+
+
+def fast_oscillation_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """'; fast oscillation ...' (:func:`fast_oscillation_medians`), or nothing for a report without those fields."""
+    m = fast_oscillation_medians(rows)
+    if m is None:
         return ""
-    truth, model = (float(np.median([r[f"{side}_fast"] for r in kept])) for side in ("truth", "model"))
-    residual = float(np.median([r["residual"] for r in kept if r["residual"] is not None] or [np.nan]))
-    return (f"; fast oscillation (> {kept[0]['fast_cut']:.3f} cycles/step) RMS truth {truth:.2g}, model "
-            f"{model:.2g}, fit residual {residual:.2g}")
+    return (f"; fast oscillation (> {m['fast_cut']:.3f} cycles/step) RMS truth {m['truth_fast']:.2g}, model "
+            f"{m['model_fast']:.2g}, fit residual {m['residual']:.2g}")
 
 
 def lattice_motion_lines(report: Mapping[str, Any]) -> list[str]:

@@ -35,6 +35,7 @@ __all__ = [
     "power_spectrum",
     "power_spectrum_distance",
     "rmse_by_step",
+    "slow_fit",
     "squared_errors_by_rollout",
     "structure_factor",
     "structure_factor_multiplicity",
@@ -597,6 +598,15 @@ def fast_part(series: np.ndarray, cut: float) -> np.ndarray:
     return np.fft.irfft(coef, 2 * series.size)[: series.size]
 
 
+def slow_fit(m: np.ndarray, rate: np.ndarray, e: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """Least-squares fit of an error ``e`` of the mean oscillation ``m`` (``rate``: its dm/dt per step, over the same
+    steps) as ``offset + amplitude_error * (m - mean m) - lag_steps * rate``: the three coefficients and the fitted
+    values (``e`` minus them is what no lag, amplitude or offset explains)."""
+    basis = np.stack([np.ones_like(m), m - m.mean(), -rate], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, e, rcond=None)
+    return {"offset": float(coef[0]), "amplitude_error": float(coef[1]), "lag_steps": float(coef[2])}, basis @ coef
+
+
 def coherent_error(truth: Any, model: Any, window: int = COHERENT_WINDOW) -> list[dict[str, Any]]:
     """How the rollouts' MEAN order-parameter trajectory errs: a lag, an amplitude error or an offset.
 
@@ -627,13 +637,12 @@ def coherent_error(truth: Any, model: Any, window: int = COHERENT_WINDOW) -> lis
         raise ValueError(f"truth {truth.shape} and model {model.shape} series differ in shape")
     if window < 4:
         raise ValueError(f"window is {window}; the fit needs at least 4 steps per window")
-    mean_truth, error = truth.mean(axis=0), model.mean(axis=0) - truth.mean(axis=0)
-    rate = np.gradient(mean_truth)
+    mean_truth, mean_model = truth.mean(axis=0), model.mean(axis=0)
+    error, rate = mean_model - mean_truth, np.gradient(mean_truth)
     cut = fast_cut(mean_truth[1:])
     fast = None
     if cut is not None:  # index t-1 holds step t, as step 0 (the exact initial state) is left out
-        fast = {side: fast_part(series[1:], cut) for side, series in
-                (("truth", mean_truth), ("model", model.mean(axis=0)))}
+        fast = {side: fast_part(series[1:], cut) for side, series in (("truth", mean_truth), ("model", mean_model))}
     rows = []
     for start, stop in window_spans(truth.shape[1], window):
         span = slice(start, stop + 1)
@@ -651,10 +660,8 @@ def coherent_error(truth: Any, model: Any, window: int = COHERENT_WINDOW) -> lis
             row.update({f"{side}_fast": float(np.sqrt(np.mean(part[start - 1:stop] ** 2)))
                         for side, part in fast.items()})
         if coherence >= COHERENCE_FLOOR and stop - start + 1 >= 4:
-            basis = np.stack([np.ones_like(m), m - m.mean(), -rate[span]], axis=1)
-            coef, *_ = np.linalg.lstsq(basis, e, rcond=None)
-            row.update(offset=float(coef[0]), amplitude_error=float(coef[1]), lag_steps=float(coef[2]),
-                       residual=float(np.sqrt(np.mean((e - basis @ coef) ** 2))))
+            coefficients, fitted = slow_fit(m, rate[span], e)
+            row.update(coefficients, residual=float(np.sqrt(np.mean((e - fitted) ** 2))))
         rows.append(row)
     return rows
 

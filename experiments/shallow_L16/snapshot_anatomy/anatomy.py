@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from holstein_dist.checkpoints import load_model
-from holstein_dist.metrics import autocorrelation, fast_cut, fast_part
-from holstein_dist.physics import STATE_KEYS
+from holstein_dist.metrics import autocorrelation, fast_cut, fast_part, slow_fit
+from holstein_dist.physics import STATE_KEYS, lattice_order
 from holstein_dist.shards import open_dataset
 
 COMPONENTS = ("rho_diag", "Q", "P")
@@ -41,38 +41,40 @@ def fields(rho: np.ndarray, Q: np.ndarray, P: np.ndarray) -> dict[str, np.ndarra
     return {"rho_diag": density.astype(np.float64), "Q": Q.astype(np.float64), "P": P.astype(np.float64)}
 
 
+def staggered(x: np.ndarray) -> np.ndarray:
+    """The staggered (q = pi) average (1/L) sum_i (-1)^i x_i of any site field [..., L], as `physics.lattice_order`
+    takes it of Q (of the density it is the charge order)."""
+    return lattice_order(x)
+
+
 def staggered_mean(x: np.ndarray) -> np.ndarray:
-    """The rollouts' mean of the staggered (q = pi) average of a field [n, T+1, L]: [T+1]."""
-    sign = (-1.0) ** np.arange(x.shape[-1])
-    return (x * sign).mean(axis=(0, 2))
+    """The rollouts' mean of the staggered average of a field [n, T+1, L]: [T+1]."""
+    return staggered(x).mean(axis=0)
 
 
-def slow_fit(mean_truth: np.ndarray, difference: np.ndarray, step: int) -> dict[str, float]:
-    """Least-squares fit of ``difference`` by offset + amplitude x (m - mean m) - lag x dm/dt over the steps around
-    ``step`` (m: the truth's staggered mean); the fitted value at ``step`` and the fit's R^2."""
+def slow_part(mean_truth: np.ndarray, difference: np.ndarray, step: int) -> dict[str, float]:
+    """`metrics.slow_fit` of ``difference`` over the steps around ``step`` (the truth's staggered mean as the
+    oscillation): the fitted value at ``step``, the fit's R^2 and its coefficients."""
     lo, hi = max(1, step - HALF_WINDOW), min(mean_truth.size, step + HALF_WINDOW + 1)
-    m, d = mean_truth[lo:hi], difference[lo:hi]
-    basis = np.stack([np.ones_like(m), m - m.mean(), -np.gradient(mean_truth)[lo:hi]], axis=1)
-    coef, *_ = np.linalg.lstsq(basis, d, rcond=None)
-    fitted = basis @ coef
+    d = difference[lo:hi]
+    coefficients, fitted = slow_fit(mean_truth[lo:hi], np.gradient(mean_truth)[lo:hi], d)
     r2 = 1 - np.sum((d - fitted) ** 2) / np.sum((d - d.mean()) ** 2)
-    return {"fitted_at_step": float(fitted[step - lo]), "r2": float(r2), "offset": float(coef[0]),
-            "amplitude": float(coef[1]), "lag_steps": float(coef[2])}
+    return {"fitted_at_step": float(fitted[step - lo]), "r2": float(r2), "offset": coefficients["offset"],
+            "amplitude": coefficients["amplitude_error"], "lag_steps": coefficients["lag_steps"]}
 
 
 def charge_autocorrelation(truth: np.ndarray, errors: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Max |C_model - C| over lags 0..MAX_LAG of each rollout's charge order (the staggered density), with C the
     truth's autocorrelation and the same truth without its fast part (each rollout's part above the truth mean's
     fast cut removed, step 0 kept)."""
-    sign = (-1.0) ** np.arange(truth.shape[-1])
-    charge = (truth * sign).mean(-1)
+    charge = staggered(truth)
     cut = fast_cut(charge.mean(0)[1:])
     slow = np.array([np.r_[x[0], x[1:] - fast_part(x[1:], cut)] for x in charge])
     reference = {"truth": np.asarray(autocorrelation(charge, max_lag=MAX_LAG)),
                  "truth without its fast part": np.asarray(autocorrelation(slow, max_lag=MAX_LAG))}
     out = {"truth": {key: float(np.max(np.abs(c - reference["truth"]))) for key, c in reference.items()}}
     for name, e in errors.items():
-        c = np.asarray(autocorrelation(((truth + e) * sign).mean(-1), max_lag=MAX_LAG))
+        c = np.asarray(autocorrelation(staggered(truth + e), max_lag=MAX_LAG))
         out[name] = {key: float(np.max(np.abs(c - ref))) for key, ref in reference.items()}
     return out
 
@@ -93,7 +95,7 @@ def analyse(truth: dict[str, np.ndarray], errors: dict[str, dict[str, np.ndarray
                     "rmse": {n: float(np.sqrt(mse[n][step])) for n in names},
                     "shared_error": {n: float(shared[n][step]) for n in names},
                     "difference_last_minus_first": float(shared[last][step] - shared[first][step]),
-                    "slow_part_of_difference": slow_fit(mean_truth, shared[last] - shared[first], step),
+                    "slow_part_of_difference": slow_part(mean_truth, shared[last] - shared[first], step),
                 } for step in CHECK_STEPS if step < mean_truth.size
             },
         }

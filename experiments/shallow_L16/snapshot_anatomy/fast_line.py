@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
+from holstein_dist.evaluate import fast_oscillation_medians
 
 
 def main() -> None:
@@ -17,10 +17,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for spec in sys.argv[1:]:
         name, path = spec.split("=", 1)
-        rows = [r for r in json.load(open(path))["coherent"]["charge"] if r.get("truth_fast") is not None]
-        truth, model, residual = (float(np.median([r[key] for r in rows]))
-                                  for key in ("truth_fast", "model_fast", "residual"))
-        print(f"| {name} | {truth:.2e} | {model:.2e} | {model / truth:.0%} | {residual:.2e} |")
+        m = fast_oscillation_medians(json.load(open(path))["coherent"]["charge"])
+        print(f"| {name} | {m['truth_fast']:.2e} | {m['model_fast']:.2e} | {m['model_fast'] / m['truth_fast']:.0%} | "
+              f"{m['residual']:.2e} |")
 
 
 if __name__ == "__main__":
